@@ -1,0 +1,51 @@
+# Two commands do all set-up on a fresh machine:  `make repro` (the main job)  and  `make test`.
+# Both create .venv in the checkout if absent and install from the project's own files.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# Every install goes through constraints.txt, which pins the CPU build of torch.
+PIP_INSTALL := $(PIP) install --quiet --constraint constraints.txt
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+
+.PHONY: venv test test-all bench lint format repro check-env clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) --editable '.[bench,dev]'
+	$(PY) -m bench.check_env
+	touch $@
+
+venv: $(VENV)/.installed
+
+check-env: venv
+	$(PY) -m bench.check_env
+
+## Fast tests (what CI runs).
+test: venv
+	$(PY) -m pytest -q -m "not slow and not benchmark"
+
+## Every test, slow ones included.
+test-all: venv
+	$(PY) -m pytest -q -m "not benchmark"
+
+## Speed benchmarks (pytest-benchmark; ratios against references measured in the same process).
+bench: venv
+	$(PY) -m pytest -q -m benchmark --benchmark-enable tests/benchmarks
+
+lint: venv
+	$(VENV)/bin/ruff check optimizers bench tests
+	$(VENV)/bin/ruff format --check optimizers bench tests
+
+format: venv
+	$(VENV)/bin/ruff format optimizers bench tests
+	$(VENV)/bin/ruff check --fix optimizers bench tests
+
+## The main job.
+repro: venv
+	$(PY) -m bench.derivative_cost --out results/derivative_cost.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks

@@ -1,0 +1,277 @@
+"""Exact projected derivatives of the loss along per-subset step sizes (METHOD.md §1–2).
+
+Symbols (METHOD.md): parameters θ split into S subsets T_1..T_S, a direction u with the same
+shapes as θ, u_s its restriction to T_s, and
+
+    φ(η) = L(θ + Σ_s η_s u_s),        η ∈ R^S.
+
+The projected derivatives are the plain derivatives of φ at η = 0:
+
+    (D^d)_{s1..sd} = ∂^d φ / ∂η_{s1} … ∂η_{sd} (0) = L^{(d)}(θ)[u_{s1}, …, u_{sd}],
+
+so D^1 = ḡ (shape [S], ḡ_s = ⟨∇L, u_s⟩), D^2 = H̄ (shape [S, S], H̄_st = u_sᵀ ∇²L u_t) and D^3
+has shape [S, S, S].
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .partition import validate_groups
+
+__all__ = ["functional_loss", "num_passes", "projected_derivatives"]
+
+LossFn = Callable[[dict[str, Tensor]], Tensor]
+
+
+def projected_derivatives(
+    loss_fn: LossFn,
+    params: Mapping[str, Tensor],
+    groups: Sequence[Sequence[str]],
+    direction: Mapping[str, Tensor],
+    order: int = 3,
+    *,
+    diagonal: bool = False,
+    module: nn.Module | Iterable[nn.Module] | None = None,
+) -> tuple[Tensor, ...]:
+    r"""Derivatives of φ(η) = L(θ + Σ_s η_s u_s) at η = 0, up to ``order``.
+
+    Args:
+        loss_fn: ``loss_fn(params) -> Tensor``, the scalar loss L as a function of a dict of
+            named tensors, e.g. ``lambda p: F.cross_entropy(functional_call(model, p, (x,)), y)``.
+            It is called **exactly once** per call of this function (one forward pass); every
+            derivative is then obtained by reverse passes through that single graph.
+        params: θ, ``{name: Tensor}``. Tensors not named in ``groups`` are passed to
+            ``loss_fn`` unchanged and held fixed.
+        groups: the partition T_1..T_S, one list of parameter names per subset (S = len(groups)),
+            e.g. from :mod:`optimizers.partition`.
+        direction: u, ``{name: Tensor}`` with the same shapes and dtype as ``params`` for every
+            grouped name.
+        order: highest order d ≥ 1 returned.
+        diagonal: if True, every tensor of order ≥ 3 is returned as its diagonal
+            ``(D^d_{s…s})_s``, shape [S] (D^1 and D^2 are always complete).
+        module: optional model (or models) whose buffers ``loss_fn`` may update in place
+            (BatchNorm running statistics in training mode). They are saved before ``loss_fn``
+            runs and restored afterwards, so the model is left exactly as found. Not needed with
+            :func:`functional_loss`, which never touches the model's buffers.
+
+    Returns:
+        ``(D^1, …, D^order)``: D^1 = ḡ of shape [S], D^2 = H̄ of shape [S, S], D^d of shape
+        [S]*d (or [S] for d ≥ 3 when ``diagonal``), in the dtype and on the device of ``params``.
+        The tensors are detached and exactly symmetric.
+
+    Method and cost (one "pass" = one reverse pass through the graph built so far):
+        η is a leaf of S zeros; ``loss_fn`` sees θ_T + η_s u_T for every tensor T of subset s,
+        so autograd differentiates φ directly. ḡ = ∇_η φ costs one pass. Each further order is
+        obtained by differentiating one entry of the previous order: the pass on
+        D^{k}_{s_1…s_{k−1} s_k} (s_1 ≤ … ≤ s_k) returns the row D^{k+1}_{s_1…s_k, :}. Only the rows
+        with sorted indices are computed, and the tensor is filled by symmetry. Hence
+
+        * order 2: 1 + S passes (S double-backward passes, one per row of H̄);
+        * order 3 diagonal: 1 + S + S passes (S triple-backward passes for D^3_{ss·});
+        * order d complete: Σ_{k<d} C(S+k−1, k) passes, C(S+d−2, d−1) at the last order.
+
+        Cost grows with S, never with P² or P³. Memory: the graph of the forward pass plus the
+        graphs of the rows still needed by the next order. No value is read back to the host.
+
+    Example:
+        A quadratic L(θ) = ½ θᵀAθ with two single-coordinate subsets has ḡ = Aθ ∘ u,
+        H̄ = A ∘ uuᵀ and D^3 = 0:
+
+        >>> A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> loss = lambda p: 0.5 * torch.stack([p["a"], p["b"]]) @ A @ torch.stack([p["a"], p["b"]])
+        >>> theta = {"a": torch.tensor(1.0, dtype=torch.float64), "b": torch.tensor(-1.0, dtype=torch.float64)}
+        >>> u = {"a": torch.tensor(1.0, dtype=torch.float64), "b": torch.tensor(2.0, dtype=torch.float64)}
+        >>> g, H, D3 = projected_derivatives(loss, theta, [["a"], ["b"]], u, order=3)
+        >>> g.tolist(), H.tolist(), D3.abs().sum().item()
+        ([1.0, -4.0], [[2.0, 2.0], [2.0, 12.0]], 0.0)
+    """
+    groups = _check_inputs(params, groups, direction, order)
+    num_subsets = len(groups)
+    reference = params[groups[0][0]]
+    eta = torch.zeros(num_subsets, dtype=reference.dtype, device=reference.device)
+    eta.requires_grad_(True)
+
+    # θ(η): every tensor of subset s moves along its direction, scaled by η_s.
+    shifted = {name: tensor.detach() for name, tensor in params.items()}
+    for s, group in enumerate(groups):
+        for name in group:
+            shifted[name] = shifted[name] + eta[s] * direction[name].detach()
+
+    with torch.enable_grad(), _preserved_buffers(module):
+        loss = loss_fn(shifted)
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise ValueError(f"loss_fn must return a scalar tensor, got {shape}")
+        loss = loss.reshape(())
+        results = _derivative_tensors(loss, eta, order, diagonal)
+    return tuple(t.detach() for t in results)
+
+
+def _derivative_tensors(loss: Tensor, eta: Tensor, order: int, diagonal: bool) -> list[Tensor]:
+    """Rows of every order by nested reverse passes, then symmetric assembly."""
+    num_subsets = eta.numel()
+    # rows[k] maps a sorted index tuple I of length k−1 to the row D^k_{I, :} (shape [S]).
+    first = _grad(loss, eta, create_graph=order > 1)
+    rows: dict[tuple[int, ...], Tensor] = {(): first}
+    results = [first]
+    for k in range(2, order + 1):
+        keep_graph = k < order
+        wanted = _wanted_prefixes(num_subsets, k, diagonal and k >= 3)
+        next_rows: dict[tuple[int, ...], Tensor] = {}
+        for prefix in wanted:  # prefix: sorted tuple of length k−1
+            parent = rows[prefix[:-1]]
+            next_rows[prefix] = _grad(parent[prefix[-1]], eta, create_graph=keep_graph)
+        if diagonal and k >= 3:
+            results.append(torch.stack([next_rows[(s,) * (k - 1)][s] for s in range(num_subsets)]))
+        else:
+            results.append(_assemble(next_rows, num_subsets, k))
+        # diagonal mode needs only the diagonal rows for the next order
+        rows = next_rows
+    return results
+
+
+def _wanted_prefixes(num_subsets: int, k: int, diagonal: bool) -> list[tuple[int, ...]]:
+    """Sorted index tuples of length k−1 whose rows of order k are computed."""
+    if diagonal:
+        return [(s,) * (k - 1) for s in range(num_subsets)]
+    return list(itertools.combinations_with_replacement(range(num_subsets), k - 1))
+
+
+def _assemble(rows: dict[tuple[int, ...], Tensor], num_subsets: int, k: int) -> Tensor:
+    """The symmetric tensor of order k from its rows with sorted prefixes.
+
+    Entry (i_1..i_k) is read at its sorted index (j_1 ≤ … ≤ j_k) as row (j_1..j_{k−1}), column
+    j_k, so all permutations of an index get the very same number.
+    """
+    keys = list(rows)
+    position = {key: n for n, key in enumerate(keys)}
+    stacked = torch.stack([rows[key] for key in keys])  # [num_rows, S]
+    row_index, column_index = [], []
+    for index in itertools.product(range(num_subsets), repeat=k):
+        ordered = tuple(sorted(index))
+        row_index.append(position[ordered[:-1]])
+        column_index.append(ordered[-1])
+    rows_t = torch.tensor(row_index, device=stacked.device)
+    cols_t = torch.tensor(column_index, device=stacked.device)
+    return stacked[rows_t, cols_t].reshape((num_subsets,) * k)
+
+
+def _grad(output: Tensor, eta: Tensor, create_graph: bool) -> Tensor:
+    """∇_η output, zeros when output does not depend on η (e.g. D^3 of a quadratic)."""
+    if not output.requires_grad:
+        return torch.zeros_like(eta)
+    (grad,) = torch.autograd.grad(
+        output, eta, retain_graph=True, create_graph=create_graph, materialize_grads=True
+    )
+    return grad
+
+
+class _preserved_buffers:
+    """Context manager saving the buffers of ``module`` and restoring them in place on exit."""
+
+    def __init__(self, module: nn.Module | Iterable[nn.Module] | None):
+        if module is None:
+            self.modules: list[nn.Module] = []
+        elif isinstance(module, nn.Module):
+            self.modules = [module]
+        else:
+            self.modules = list(module)
+        self.saved: list[tuple[Tensor, Tensor]] = []
+
+    def __enter__(self):
+        self.saved = [
+            (buffer, buffer.detach().clone())
+            for m in self.modules
+            for buffer in m.buffers()
+            if buffer is not None
+        ]
+        return self
+
+    def __exit__(self, *exc_info):
+        with torch.no_grad():
+            for buffer, copy in self.saved:
+                buffer.copy_(copy)
+        self.saved = []
+        return False
+
+
+def functional_loss(
+    model: nn.Module,
+    criterion: Callable[[Tensor, Tensor], Tensor],
+    inputs: Tensor | tuple[Tensor, ...],
+    targets: Tensor,
+) -> LossFn:
+    """``loss_fn(params) = criterion(model(inputs; params), targets)``, leaving ``model`` intact.
+
+    The model runs through ``torch.func.functional_call`` with the given parameters and with
+    *copies* of its buffers, so BatchNorm layers in training mode normalise with batch
+    statistics as usual but never update the model's running statistics.
+    """
+    if not isinstance(inputs, tuple):
+        inputs = (inputs,)
+
+    def loss_fn(params: dict[str, Tensor]) -> Tensor:
+        buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+        outputs = torch.func.functional_call(model, (dict(params), buffers), inputs)
+        return criterion(outputs, targets)
+
+    return loss_fn
+
+
+def _check_inputs(
+    params: Mapping[str, Tensor],
+    groups: Sequence[Sequence[str]],
+    direction: Mapping[str, Tensor],
+    order: int,
+) -> list[list[str]]:
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+        raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    if not isinstance(params, Mapping) or not isinstance(direction, Mapping):
+        raise TypeError("params and direction must be dicts {name: Tensor}")
+    groups = validate_groups(groups)
+    unknown = [n for g in groups for n in g if n not in params]
+    if unknown:
+        raise ValueError(f"groups name parameters missing from params: {unknown}")
+    missing = [n for g in groups for n in g if n not in direction]
+    if missing:
+        raise ValueError(f"direction has no tensor for grouped parameters: {missing}")
+    extra = sorted(set(direction) - set(params))
+    if extra:
+        raise ValueError(f"direction names tensors that are not in params: {extra}")
+    first = groups[0][0]
+    dtype, device = params[first].dtype, params[first].device
+    if not dtype.is_floating_point:
+        raise ValueError(f"parameter {first!r} has dtype {dtype}; a floating dtype is required")
+    for name in (n for g in groups for n in g):
+        p, u = params[name], direction[name]
+        if not isinstance(p, Tensor) or not isinstance(u, Tensor):
+            raise TypeError(f"params[{name!r}] and direction[{name!r}] must be tensors")
+        if p.shape != u.shape:
+            raise ValueError(
+                f"direction[{name!r}] has shape {tuple(u.shape)}, params has {tuple(p.shape)}"
+            )
+        if p.dtype != dtype or u.dtype != dtype:
+            raise ValueError(
+                f"dtype mismatch at {name!r}: params {p.dtype}, direction {u.dtype}, "
+                f"expected {dtype} (the dtype of {first!r}) for every grouped tensor"
+            )
+        if p.device != device or u.device != device:
+            raise ValueError(
+                f"device mismatch at {name!r}: params on {p.device}, direction on {u.device}, "
+                f"expected {device}"
+            )
+    return groups
+
+
+def num_passes(num_subsets: int, order: int, diagonal: bool = False) -> int:
+    """Number of reverse passes :func:`projected_derivatives` makes (see its docstring)."""
+    total = 1
+    for k in range(2, order + 1):
+        total += num_subsets if (diagonal and k >= 3) else math.comb(num_subsets + k - 2, k - 1)
+    return total
