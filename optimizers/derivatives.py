@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from .exact_ops import exact_higher_order
 from .partition import validate_groups
 
 __all__ = ["functional_loss", "num_passes", "projected_derivatives"]
@@ -65,6 +66,12 @@ def projected_derivatives(
         [S]*d (or [S] for d ≥ 3 when ``diagonal``), in the dtype and on the device of ``params``.
         The tensors are detached and exactly symmetric.
 
+    Exactness:
+        ``loss_fn`` runs inside :class:`optimizers.exact_ops.exact_higher_order`, which replaces the
+        torch operators whose higher derivatives are wrong in torch 2.13 (layer_norm, batch_norm
+        with batch statistics, instance_norm: third derivatives off by 15–100 %) or missing
+        (scaled_dot_product_attention on CPU) by exact elementary-op decompositions.
+
     Method and cost (one "pass" = one reverse pass through the graph built so far):
         η is a leaf of S zeros; ``loss_fn`` sees θ_T + η_s u_T for every tensor T of subset s,
         so autograd differentiates φ directly. ḡ = ∇_η φ costs one pass. Each further order is
@@ -103,7 +110,7 @@ def projected_derivatives(
         for name in group:
             shifted[name] = shifted[name] + eta[s] * direction[name].detach()
 
-    with torch.enable_grad(), _preserved_buffers(module):
+    with torch.enable_grad(), _preserved_buffers(module), exact_higher_order():
         loss = loss_fn(shifted)
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__

@@ -161,6 +161,4 @@ def get_partition(name: str) -> Callable[..., list[list[str]]]:
     try:
         return PARTITIONS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown partition {name!r}; known: {sorted(PARTITIONS)}"
-        ) from None
+        raise ValueError(f"unknown partition {name!r}; known: {sorted(PARTITIONS)}") from None
