@@ -91,9 +91,9 @@ def projected_derivatives(
         H̄ = A ∘ uuᵀ and D^3 = 0:
 
         >>> A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> f64 = lambda v: torch.tensor(v, dtype=torch.float64)
         >>> loss = lambda p: 0.5 * torch.stack([p["a"], p["b"]]) @ A @ torch.stack([p["a"], p["b"]])
-        >>> theta = {"a": torch.tensor(1.0, dtype=torch.float64), "b": torch.tensor(-1.0, dtype=torch.float64)}
-        >>> u = {"a": torch.tensor(1.0, dtype=torch.float64), "b": torch.tensor(2.0, dtype=torch.float64)}
+        >>> theta, u = {"a": f64(1.0), "b": f64(-1.0)}, {"a": f64(1.0), "b": f64(2.0)}
         >>> g, H, D3 = projected_derivatives(loss, theta, [["a"], ["b"]], u, order=3)
         >>> g.tolist(), H.tolist(), D3.abs().sum().item()
         ([1.0, -4.0], [[2.0, 2.0], [2.0, 12.0]], 0.0)
