@@ -99,84 +99,96 @@ def projected_derivatives(
         ([1.0, -4.0], [[2.0, 2.0], [2.0, 12.0]], 0.0)
     """
     groups = _check_inputs(params, groups, direction, order)
-    num_subsets = len(groups)
     reference = params[groups[0][0]]
-    eta = torch.zeros(num_subsets, dtype=reference.dtype, device=reference.device)
-    eta.requires_grad_(True)
+    # One scalar leaf per subset (not one [S] tensor): a pass then reaches only the leaves it
+    # asks for, and autograd prunes every branch that leads elsewhere.
+    etas = [
+        torch.zeros((), dtype=reference.dtype, device=reference.device, requires_grad=True)
+        for _ in groups
+    ]
 
     # θ(η): every tensor of subset s moves along its direction, scaled by η_s.
     shifted = {name: tensor.detach() for name, tensor in params.items()}
-    for s, group in enumerate(groups):
+    for eta, group in zip(etas, groups, strict=True):
         for name in group:
-            shifted[name] = shifted[name] + eta[s] * direction[name].detach()
+            shifted[name] = shifted[name] + eta * direction[name].detach()
 
     with torch.enable_grad(), _preserved_buffers(module), exact_higher_order():
         loss = loss_fn(shifted)
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
             raise ValueError(f"loss_fn must return a scalar tensor, got {shape}")
-        loss = loss.reshape(())
-        results = _derivative_tensors(loss, eta, order, diagonal)
+        results = _derivative_tensors(loss.reshape(()), etas, order, diagonal)
     return tuple(t.detach() for t in results)
 
 
-def _derivative_tensors(loss: Tensor, eta: Tensor, order: int, diagonal: bool) -> list[Tensor]:
-    """Rows of every order by nested reverse passes, then symmetric assembly."""
-    num_subsets = eta.numel()
-    # rows[k] maps a sorted index tuple I of length k−1 to the row D^k_{I, :} (shape [S]).
-    first = _grad(loss, eta, create_graph=order > 1)
-    rows: dict[tuple[int, ...], Tensor] = {(): first}
-    results = [first]
+Rows = dict[tuple[int, ...], dict[int, Tensor]]
+
+
+def _derivative_tensors(
+    loss: Tensor, etas: list[Tensor], order: int, diagonal: bool
+) -> list[Tensor]:
+    """Entries of every order by nested reverse passes, then symmetric assembly.
+
+    ``rows[I][t]`` holds D^k_{I, t} for a sorted prefix I of length k−1 and t ≥ I[-1]; the pass
+    that produces it differentiates D^{k−1}_I (an entry of the previous order) with respect to
+    the leaves η_t, t ≥ I[-1] only (in diagonal mode: η_s only).
+    """
+    num_subsets = len(etas)
+    first = _grads(loss, etas, create_graph=order > 1)
+    rows: Rows = {(): dict(enumerate(first))}
+    results = [torch.stack(first)]
     for k in range(2, order + 1):
         keep_graph = k < order
-        wanted = _wanted_prefixes(num_subsets, k, diagonal and k >= 3)
-        next_rows: dict[tuple[int, ...], Tensor] = {}
-        for prefix in wanted:  # prefix: sorted tuple of length k−1
-            parent = rows[prefix[:-1]]
-            next_rows[prefix] = _grad(parent[prefix[-1]], eta, create_graph=keep_graph)
-        if diagonal and k >= 3:
-            results.append(torch.stack([next_rows[(s,) * (k - 1)][s] for s in range(num_subsets)]))
+        diagonal_order = diagonal and k >= 3
+        next_rows: Rows = {}
+        for prefix in _wanted_prefixes(num_subsets, k, diagonal_order):
+            parent = rows[prefix[:-1]][prefix[-1]]
+            columns = [prefix[-1]] if diagonal_order else range(prefix[-1], num_subsets)
+            grads = _grads(parent, [etas[t] for t in columns], create_graph=keep_graph)
+            next_rows[prefix] = dict(zip(columns, grads, strict=True))
+        if diagonal_order:
+            diag = [next_rows[(s,) * (k - 1)][s] for s in range(num_subsets)]
+            results.append(torch.stack(diag))
         else:
             results.append(_assemble(next_rows, num_subsets, k))
-        # diagonal mode needs only the diagonal rows for the next order
         rows = next_rows
     return results
 
 
 def _wanted_prefixes(num_subsets: int, k: int, diagonal: bool) -> list[tuple[int, ...]]:
-    """Sorted index tuples of length k−1 whose rows of order k are computed."""
+    """Sorted index tuples of length k−1 whose entries of order k are computed."""
     if diagonal:
         return [(s,) * (k - 1) for s in range(num_subsets)]
     return list(itertools.combinations_with_replacement(range(num_subsets), k - 1))
 
 
-def _assemble(rows: dict[tuple[int, ...], Tensor], num_subsets: int, k: int) -> Tensor:
-    """The symmetric tensor of order k from its rows with sorted prefixes.
+def _assemble(rows: Rows, num_subsets: int, k: int) -> Tensor:
+    """The symmetric tensor of order k from its entries at sorted indices.
 
-    Entry (i_1..i_k) is read at its sorted index (j_1 ≤ … ≤ j_k) as row (j_1..j_{k−1}), column
-    j_k, so all permutations of an index get the very same number.
+    Entry (i_1..i_k) is read at its sorted index (j_1 ≤ … ≤ j_k) as ``rows[j_1..j_{k−1}][j_k]``,
+    so all permutations of an index get the very same number.
     """
-    keys = list(rows)
+    entries = {prefix + (t,): value for prefix, row in rows.items() for t, value in row.items()}
+    keys = list(entries)
     position = {key: n for n, key in enumerate(keys)}
-    stacked = torch.stack([rows[key] for key in keys])  # [num_rows, S]
-    row_index, column_index = [], []
-    for index in itertools.product(range(num_subsets), repeat=k):
-        ordered = tuple(sorted(index))
-        row_index.append(position[ordered[:-1]])
-        column_index.append(ordered[-1])
-    rows_t = torch.tensor(row_index, device=stacked.device)
-    cols_t = torch.tensor(column_index, device=stacked.device)
-    return stacked[rows_t, cols_t].reshape((num_subsets,) * k)
+    stacked = torch.stack([entries[key] for key in keys])  # [number of sorted indices]
+    gather = [
+        position[tuple(sorted(index))] for index in itertools.product(range(num_subsets), repeat=k)
+    ]
+    index_t = torch.tensor(gather, device=stacked.device)
+    return stacked[index_t].reshape((num_subsets,) * k)
 
 
-def _grad(output: Tensor, eta: Tensor, create_graph: bool) -> Tensor:
-    """∇_η output, zeros when output does not depend on η (e.g. D^3 of a quadratic)."""
+def _grads(output: Tensor, leaves: list[Tensor], create_graph: bool) -> list[Tensor]:
+    """[∂ output / ∂ leaf], zeros where output does not depend on a leaf (e.g. D^3 of a
+    quadratic). Only the branches of the graph leading to ``leaves`` are traversed."""
     if not output.requires_grad:
-        return torch.zeros_like(eta)
-    (grad,) = torch.autograd.grad(
-        output, eta, retain_graph=True, create_graph=create_graph, materialize_grads=True
+        return [torch.zeros_like(leaf) for leaf in leaves]
+    grads = torch.autograd.grad(
+        output, leaves, retain_graph=True, create_graph=create_graph, materialize_grads=True
     )
-    return grad
+    return list(grads)
 
 
 class _preserved_buffers:
