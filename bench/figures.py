@@ -1,0 +1,275 @@
+"""Figures of the report (matplotlib Agg through the object API, seaborn palette and style)
+and the sentence that reads the probe figure.
+
+Every figure function takes the runs of one problem (:class:`bench.aggregate.Run`), writes one PNG
+and returns its path, or ``None`` when the data it needs is absent (the report says so).
+
+Probe (METHOD.md §3): η*_s = (H̄⁻¹ḡ)_s computed along another optimizer's step u, so η*_s = 1 means
+the step taken was the quadratic model's best for subset s. :func:`probe_sentence` classifies each
+subset by its median η*_s over steps and seeds: > ``UNDER_STEP`` under-steps, < ``OVER_STEP`` (or
+negative) over-steps.
+
+Curves: the line is the mean over the *non-diverged* seeds at each epoch, the band their min–max
+spread; against wall-clock, x is the mean over those seeds of the cumulative optimisation time at
+the end of each epoch. Each diverged run is drawn alone (dotted, up to its last finite value, ×
+where it diverged), never averaged in and never dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from bench.aggregate import Run  # noqa: E402
+
+ABLATION = ("partitioned_newton", "partitioned_newton_diag", "partitioned_newton_order2", "cauchy")
+ETA_PREFIX = "diag/eta/"
+UNDER_STEP, OVER_STEP = 2.0, 0.5  # median η*_s above: under-steps; below (or < 0): over-steps
+DPI = 90
+
+
+def file_stem(text: str) -> str:
+    """A file-name-safe version of a problem or optimizer name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def colors(optimizers: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """One fixed colour per optimizer name, the same in every figure."""
+    names = sorted(set(optimizers))
+    palette = sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))
+    return dict(zip(names, palette, strict=True))
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    for axes in figure.axes:
+        if axes.get_xlabel() in ("epoch", "step"):
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI, format="png", metadata={"Software": None})
+    return path
+
+
+def _by_optimizer(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    grouped: dict[str, list[Run]] = {}
+    for run in runs:
+        grouped.setdefault(run.optimizer, []).append(run)
+    return dict(sorted(grouped.items()))
+
+
+def _positive(values: pd.Series) -> np.ndarray:
+    array = values.to_numpy(dtype=np.float64, copy=True)
+    array[~(np.isfinite(array) & (array > 0))] = np.nan
+    return array
+
+
+def _draw_runs(
+    axes: Axes, runs: Sequence[Run], column: str, x: str, color, label: str, log: bool
+) -> None:
+    """Mean line and min–max band over the non-diverged runs; diverged runs one by one."""
+    kept = [run for run in runs if not run.diverged]
+    diverged = [run for run in runs if run.diverged]
+    label = f"{label} ({len(diverged)}/{len(runs)} diverged)" if diverged else label
+    if kept:
+        frames = []
+        for run in kept:
+            values = run.history[column]
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "epoch": run.history["epoch"].to_numpy(),
+                        "x": run.history[x].to_numpy(dtype=np.float64),
+                        "y": _positive(values) if log else values.to_numpy(dtype=np.float64),
+                    }
+                )
+            )
+        grouped = pd.concat(frames).groupby("epoch")
+        curve = pd.DataFrame(
+            {
+                "x": grouped["x"].mean(),
+                "mean": grouped["y"].mean(),
+                "low": grouped["y"].min(),
+                "high": grouped["y"].max(),
+            }
+        )
+        axes.plot(curve["x"], curve["mean"], color=color, label=label, linewidth=1.8)
+        axes.fill_between(curve["x"], curve["low"], curve["high"], color=color, alpha=0.2)
+        label = None
+    for run in diverged:
+        values = run.history[column]
+        y = _positive(values) if log else values.to_numpy(dtype=np.float64)
+        x_values = run.history[x].to_numpy(dtype=np.float64)
+        axes.plot(x_values, y, color=color, linestyle=":", linewidth=1.2, label=label)
+        label = None
+        finite = np.flatnonzero(np.isfinite(y))
+        if finite.size:
+            axes.plot(x_values[finite[-1]], y[finite[-1]], marker="x", color=color, markersize=8)
+
+
+def training_loss(runs: Sequence[Run], path: Path, palette: dict) -> Path | None:
+    """Training loss (log scale) vs epoch and vs wall-clock, one line per optimizer."""
+    if not runs:
+        return None
+    with sns.axes_style("whitegrid"):
+        figure = Figure(figsize=(11, 4.2))
+        by_epoch, by_time = figure.subplots(1, 2)
+    for optimizer, cell in _by_optimizer(runs).items():
+        for axes, x in ((by_epoch, "epoch"), (by_time, "wall_clock")):
+            _draw_runs(axes, cell, "train_loss", x, palette[optimizer], optimizer, log=True)
+    for axes, xlabel in ((by_epoch, "epoch"), (by_time, "wall-clock (s, optimisation only)")):
+        axes.set_yscale("log")
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel("training loss (whole training split)")
+    by_epoch.legend(fontsize=8)
+    figure.suptitle(f"{runs[0].problem}: training loss (mean, min–max over seeds)")
+    return _save(figure, path)
+
+
+def test_accuracy(runs: Sequence[Run], path: Path, palette: dict) -> Path | None:
+    """Test accuracy (%) vs epoch, one line per optimizer."""
+    if not runs:
+        return None
+    with sns.axes_style("whitegrid"):
+        figure = Figure(figsize=(7, 4.2))
+        axes = figure.subplots()
+    for optimizer, cell in _by_optimizer(runs).items():
+        scaled = [_scaled_accuracy(run) for run in cell]
+        _draw_runs(axes, scaled, "test_accuracy", "epoch", palette[optimizer], optimizer, log=False)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("test accuracy (%)")
+    axes.legend(fontsize=8)
+    axes.set_title(f"{runs[0].problem}: test accuracy (mean, min–max over seeds)")
+    return _save(figure, path)
+
+
+def _scaled_accuracy(run: Run) -> Run:
+    history = run.history.assign(test_accuracy=100.0 * run.history["test_accuracy"])
+    return Run(run.problem, run.optimizer, run.seed, run.path, run.metrics, history, run.probe)
+
+
+def eta_columns(run: Run) -> list[str]:
+    return [c for c in run.history.columns if c.startswith(ETA_PREFIX)]
+
+
+def learning_rates(runs: Sequence[Run], path: Path) -> Path | None:
+    """η_s per subset over epochs (mean over the non-diverged seeds), one panel per optimizer
+    that writes ``diag/eta/<subset>`` columns; None when no run has them."""
+    cells = {o: c for o, c in _by_optimizer(runs).items() if any(eta_columns(r) for r in c)}
+    if not cells:
+        return None
+    with sns.axes_style("whitegrid"):
+        figure = Figure(figsize=(5.5 * len(cells), 4.2))
+        panels = np.atleast_1d(figure.subplots(1, len(cells)))
+    for axes, (optimizer, cell) in zip(panels, cells.items(), strict=True):
+        kept = [run for run in cell if not run.diverged] or list(cell)
+        columns = sorted({c for run in kept for c in eta_columns(run)})
+        frame = pd.concat([run.history[["epoch", *eta_columns(run)]] for run in kept])
+        mean = frame.groupby("epoch")[columns].mean()
+        palette = sns.color_palette("viridis", len(columns))
+        for color, column in zip(palette, columns, strict=True):
+            axes.plot(mean.index, mean[column], color=color, label=column[len(ETA_PREFIX) :])
+        values = mean.to_numpy(dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        axes.set_yscale("log" if finite.size and (finite > 0).all() else "symlog")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel("η_s")
+        axes.set_title(optimizer, fontsize=10)
+        axes.legend(fontsize=7, ncol=2 if len(columns) > 6 else 1)
+    figure.suptitle(f"{runs[0].problem}: per-subset learning rates η_s (mean over seeds)")
+    return _save(figure, path)
+
+
+def ablation(runs: Sequence[Run], path: Path, palette: dict) -> Path | None:
+    """Training loss vs epoch of the ablation variants present (:data:`ABLATION`)."""
+    variants = [run for run in runs if run.optimizer in ABLATION]
+    if not variants:
+        return None
+    with sns.axes_style("whitegrid"):
+        figure = Figure(figsize=(7, 4.2))
+        axes = figure.subplots()
+    for optimizer, cell in _by_optimizer(variants).items():
+        _draw_runs(axes, cell, "train_loss", "epoch", palette[optimizer], optimizer, log=True)
+    axes.set_yscale("log")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("training loss")
+    axes.legend(fontsize=8)
+    axes.set_title(f"{runs[0].problem}: ablations (training loss)")
+    return _save(figure, path)
+
+
+def usable_probe(probe: pd.DataFrame) -> pd.DataFrame:
+    """Rows of probe.csv with status 'ok' (all rows when there is no status column) and a
+    finite η*."""
+    ok = probe["status"].astype(str) == "ok" if "status" in probe.columns else True
+    values = pd.to_numeric(probe["eta"], errors="coerce")
+    return probe.loc[ok & np.isfinite(values.to_numpy(dtype=np.float64))]
+
+
+def probe(runs: Sequence[Run], path: Path) -> Path | None:
+    """η*_s per subset over steps (median over seeds), one panel per probed optimizer."""
+    cells = {o: c for o, c in _by_optimizer(runs).items() if any(r.probe is not None for r in c)}
+    if not cells:
+        return None
+    with sns.axes_style("whitegrid"):
+        figure = Figure(figsize=(5.5 * len(cells), 4.2))
+        panels = np.atleast_1d(figure.subplots(1, len(cells)))
+    for axes, (optimizer, cell) in zip(panels, cells.items(), strict=True):
+        frames = [usable_probe(run.probe) for run in cell if run.probe is not None]
+        frame = pd.concat(frames)
+        subsets = sorted(frame["subset"].astype(str).unique())
+        palette = sns.color_palette("viridis", max(len(subsets), 1))
+        for color, subset in zip(palette, subsets, strict=False):
+            rows = frame[frame["subset"].astype(str) == subset]
+            median = rows.groupby("step")["eta"].median()
+            axes.plot(median.index, median.to_numpy(), color=color, label=subset, marker=".")
+        axes.axhline(1.0, color="black", linewidth=1, linestyle="--")
+        axes.axhline(0.0, color="grey", linewidth=0.8)
+        axes.set_yscale("symlog", linthresh=0.1)
+        axes.set_xlabel("step")
+        axes.set_ylabel("η*_s (1 = the step taken)")
+        axes.set_title(f"probe along {optimizer}", fontsize=10)
+        if subsets:
+            axes.legend(fontsize=7)
+    figure.suptitle(f"{runs[0].problem}: learning-rate probe η* = H̄⁻¹ḡ (median over seeds)")
+    return _save(figure, path)
+
+
+def probe_sentence(optimizer: str, runs: Sequence[Run]) -> str:
+    """Which subsets the optimizer over- or under-steps, from the median η*_s of its probe."""
+    frames = [run.probe for run in runs if run.probe is not None]
+    if not runs:
+        return f"**{optimizer}**: absent (not run on this problem)."
+    if not frames:
+        return f"**{optimizer}**: absent (no probe.csv in its runs)."
+    frame = pd.concat(frames)
+    usable = usable_probe(frame)
+    skipped = len(frame) - len(usable)
+    if usable.empty:
+        return f"**{optimizer}**: no usable probe row ({skipped} rows not 'ok' or non-finite η*)."
+    medians = usable.groupby(usable["subset"].astype(str))["eta"].median().sort_index()
+    under = [f"{s} ({m:.3g})" for s, m in medians.items() if m > UNDER_STEP]
+    over = [f"{s} ({m:.3g})" for s, m in medians.items() if m < OVER_STEP]
+    right = [s for s, m in medians.items() if OVER_STEP <= m <= UNDER_STEP]
+    parts = [
+        f"under-steps (median η*_s > {UNDER_STEP:g}: a larger step would lower the local "
+        f"quadratic model further) {', '.join(under) if under else 'no subset'}",
+        f"over-steps (median η*_s < {OVER_STEP:g} or negative) "
+        f"{', '.join(over) if over else 'no subset'}",
+    ]
+    if right:
+        parts.append(f"about right (η*_s in [{OVER_STEP:g}, {UNDER_STEP:g}]): {', '.join(right)}")
+    return (
+        f"Along **{optimizer}** ({len(frames)} runs, {len(usable)} probe rows, {skipped} skipped "
+        f"as not 'ok' or non-finite), it " + "; ".join(parts) + "."
+    )

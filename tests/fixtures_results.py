@@ -1,0 +1,170 @@
+"""Synthetic results trees shaped like the "Results layout" of notes/PIPELINE_CONTRACTS.md.
+
+``write_results_tree(root, seed=...)`` writes
+``root/<profile>/runs/<problem>/<optimizer>/<seed>/{history.csv, metrics.json[, probe.csv]}`` with
+made-up but contract-shaped content: exponentially decaying training losses (one rate per
+optimizer), cumulative wall-clock, test accuracy as a fraction, ``diag/eta/<subset>`` columns for
+our optimizers, diverged runs whose final values are the values at divergence (NaN or inf), and
+``probe.csv`` for the probed optimizers with a known over/under-step pattern (:data:`PROBE_ETA`).
+The tests read the written files back independently of ``bench.aggregate``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SUBSETS = ("0.weight", "0.bias", "2.weight", "2.bias")
+# problem → optimizers run on it (toy_lenet lacks cauchy: an "absent optimizer").
+LAYOUT = {
+    "toy_mlp": ("sgd", "adam", "partitioned_newton", "cauchy"),
+    "toy_lenet": ("sgd", "adam", "partitioned_newton", "partitioned_newton_diag"),
+}
+# (problem, optimizer, seed, epoch of divergence, non-finite loss written there)
+DIVERGED = (("toy_mlp", "adam", 1, 2, math.nan), ("toy_lenet", "sgd", 2, 3, math.inf))
+RATE = {"sgd": 0.3, "adam": 0.5, "partitioned_newton": 0.8, "partitioned_newton_diag": 0.6}
+SECONDS_PER_EPOCH = {"sgd": 1.0, "adam": 1.2, "partitioned_newton": 2.0}
+# Per-subset η*_s of the probe: ≫ 1 under-steps, ≪ 1 or < 0 over-steps, ≈ 1 about right.
+PROBE_ETA = {"0.weight": 8.0, "0.bias": 1.0, "2.weight": 0.1, "2.bias": -0.5}
+PROBE_EXPECTED_PATTERN = {
+    "0.weight": "under",
+    "0.bias": "right",
+    "2.weight": "over",
+    "2.bias": "over",
+}
+OURS = ("partitioned_newton", "partitioned_newton_diag", "partitioned_newton_order2", "cauchy")
+
+
+def provenance(seed: int) -> dict:
+    return {
+        "git_commit": "0123456789abcdef0123456789abcdef01234567",
+        "git_dirty": False,
+        "params_hash": "feedc0ffee",
+        "torch": "2.13.0+cpu",
+        "python": "3.11.2",
+        "hobench": "0.1.0",
+        "numpy": "2.0.0",
+        "device": "cpu",
+        "threads": 2,
+        "seed": seed,
+        "hostname": "synthetic-host",
+        "cpu": "Synthetic CPU @ 1 GHz",
+        "created": "2025-01-01T00:00:00+00:00",
+    }
+
+
+def make_history(
+    rng: np.random.Generator,
+    optimizer: str,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    diverge_at: int | None = None,
+    diverged_value: float = math.nan,
+) -> pd.DataFrame:
+    """history.csv rows for epochs 0..epochs (cut at ``diverge_at``, whose loss is non-finite)."""
+    last = epochs if diverge_at is None else diverge_at
+    epoch = np.arange(last + 1)
+    decay = np.exp(-RATE.get(optimizer, 0.4) * epoch) * (
+        1.0 + 0.05 * rng.standard_normal(epoch.size)
+    )
+    train_loss = 2.3 * decay
+    per_epoch = SECONDS_PER_EPOCH.get(optimizer, 1.5) * (1.0 + 0.1 * rng.random(last))
+    history = pd.DataFrame(
+        {
+            "epoch": epoch,
+            "step": epoch * steps_per_epoch,
+            "train_loss": train_loss,
+            "test_loss": 1.1 * train_loss + 0.05,
+            "test_accuracy": np.clip(1.0 - 0.9 * decay, 0.0, 1.0),
+            "wall_clock": np.concatenate([[0.0], np.cumsum(per_epoch)]),
+            "lr": 0.1,
+            "diverged": 0,
+        }
+    )
+    if diverge_at is not None:
+        history.loc[diverge_at, ["train_loss", "test_loss"]] = diverged_value
+        history.loc[diverge_at, "test_accuracy"] = 0.1
+        history.loc[diverge_at, "diverged"] = 1
+    if optimizer in OURS:
+        subsets = ("all",) if optimizer == "cauchy" else SUBSETS
+        for index, subset in enumerate(subsets):
+            eta = (
+                (0.5 + index) * (1.0 + 0.1 * epoch) * (1.0 + 0.02 * rng.standard_normal(epoch.size))
+            )
+            eta[0] = math.nan  # no diagnostics before the first step
+            history[f"diag/eta/{subset}"] = eta
+    return history
+
+
+def make_probe(rng: np.random.Generator, *, steps: int, every: int = 5) -> pd.DataFrame:
+    """probe.csv rows: η*_s around :data:`PROBE_ETA`, one 'singular' row with NaN values."""
+    rows = []
+    for step in range(0, steps + 1, every):
+        for subset, eta in PROBE_ETA.items():
+            value = eta * (1.0 + 0.1 * rng.standard_normal())
+            g, h = abs(rng.standard_normal()) + 0.1, abs(rng.standard_normal()) + 0.1
+            rows.append((step, subset, value, value, g, h, "ok"))
+    rows.append((steps, "0.bias", math.nan, math.nan, math.nan, math.nan, "singular"))
+    return pd.DataFrame(rows, columns=["step", "subset", "eta", "ratio", "g", "h", "status"])
+
+
+def write_results_tree(
+    root: Path,
+    *,
+    seed: int,
+    profile: str = "default",
+    layout: dict[str, tuple[str, ...]] | None = None,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    epochs: int = 5,
+    steps_per_epoch: int = 10,
+    diverged: tuple = DIVERGED,
+    probe_optimizers: tuple[str, ...] = ("sgd",),
+) -> dict[tuple[str, str, int], dict]:
+    """Write ``root/<profile>/runs/...``; return {(problem, optimizer, seed): metrics}."""
+    rng = np.random.default_rng(seed)
+    divergence = {(p, o, s): (epoch, value) for p, o, s, epoch, value in diverged}
+    written = {}
+    for problem, optimizers in (layout or LAYOUT).items():
+        for optimizer in optimizers:
+            for run_seed in seeds:
+                epoch_value = divergence.get((problem, optimizer, run_seed))
+                history = make_history(
+                    rng,
+                    optimizer,
+                    epochs=epochs,
+                    steps_per_epoch=steps_per_epoch,
+                    diverge_at=None if epoch_value is None else epoch_value[0],
+                    diverged_value=math.nan if epoch_value is None else epoch_value[1],
+                )
+                last = history.iloc[-1]
+                metrics = {
+                    "problem": problem,
+                    "optimizer": optimizer,
+                    "seed": run_seed,
+                    "epochs": int(last["epoch"]),
+                    "steps": int(last["step"]),
+                    "final_train_loss": float(last["train_loss"]),
+                    "final_test_loss": float(last["test_loss"]),
+                    "final_test_accuracy": float(last["test_accuracy"]),
+                    "best_test_accuracy": float(history["test_accuracy"].max()),
+                    "wall_clock": float(last["wall_clock"]),
+                    "diverged": epoch_value is not None,
+                    "diverged_epoch": None if epoch_value is None else epoch_value[0],
+                    "hyperparameters": {"lr": 0.1},
+                    "provenance": provenance(run_seed),
+                }
+                run_dir = Path(root) / profile / "runs" / problem / optimizer / str(run_seed)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                history.to_csv(run_dir / "history.csv", index=False)
+                # NaN / Infinity literals, as Python's json.dumps writes them by default.
+                (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+                if optimizer in probe_optimizers:
+                    probe = make_probe(rng, steps=metrics["steps"])
+                    probe.to_csv(run_dir / "probe.csv", index=False)
+                written[(problem, optimizer, run_seed)] = metrics
+    return written

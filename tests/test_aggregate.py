@@ -1,0 +1,223 @@
+"""The aggregate stage on synthetic results trees (tests/fixtures_results.py).
+
+Every expected number is recomputed here from the files the fixture wrote (metrics.json,
+history.csv), never through bench.aggregate. The fixture's noise seed is the conftest ``seed``
+(fresh each run; replay a failure with HOBENCH_SEED=<seed>).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from fixtures_results import DIVERGED, LAYOUT, write_results_tree
+from scipy import stats
+
+from bench import aggregate
+
+SEEDS = (0, 1, 2)
+
+
+@pytest.fixture
+def tree(tmp_path: Path, seed: int) -> tuple[Path, dict]:
+    results = tmp_path / "results"
+    written = write_results_tree(results, seed=seed, seeds=SEEDS)
+    assert aggregate.main(["--profile", "default", "--results", str(results)]) == 0
+    return results, written
+
+
+def _summary(results: Path) -> pd.DataFrame:
+    return pd.read_csv(results / "default" / "summary.csv")
+
+
+def _value(summary: pd.DataFrame, problem: str, optimizer: str, seed: int, metric: str) -> float:
+    rows = summary[
+        (summary["problem"] == problem)
+        & (summary["optimizer"] == optimizer)
+        & (summary["seed"] == seed)
+        & (summary["metric"] == metric)
+    ]
+    assert len(rows) == 1, (problem, optimizer, seed, metric, len(rows))
+    return float(rows["value"].iloc[0])
+
+
+def _independent_targets(written: dict) -> dict[str, float]:
+    """The documented rule, recomputed: max over optimizers of the mean non-diverged final loss."""
+    targets = {}
+    for problem, optimizers in LAYOUT.items():
+        means = []
+        for optimizer in optimizers:
+            finals = [
+                m["final_train_loss"]
+                for (p, o, _), m in written.items()
+                if p == problem and o == optimizer and not m["diverged"]
+            ]
+            if finals:
+                means.append(sum(finals) / len(finals))
+        targets[problem] = max(means)
+    return targets
+
+
+def test_summary_csv_is_tidy_with_every_metric_of_every_run(tree):
+    results, written = tree
+    summary = _summary(results)
+    assert list(summary.columns) == ["problem", "optimizer", "seed", "metric", "value"]
+    assert len(summary) == len(written) * len(aggregate.RUN_METRICS)
+    assert not summary.duplicated(["problem", "optimizer", "seed", "metric"]).any()
+    for (problem, optimizer, seed), _ in written.items():
+        cell = summary[
+            (summary["problem"] == problem)
+            & (summary["optimizer"] == optimizer)
+            & (summary["seed"] == seed)
+        ]
+        assert sorted(cell["metric"]) == sorted(aggregate.RUN_METRICS)
+    assert set(summary["problem"]) == set(LAYOUT)
+
+
+def test_per_run_values_are_the_written_ones_and_diverged_runs_are_kept(tree):
+    results, written = tree
+    summary = _summary(results)
+    for (problem, optimizer, seed), metrics in written.items():
+        for key in aggregate.METRICS_FROM_JSON:
+            expected = float(metrics[key])
+            got = _value(summary, problem, optimizer, seed, key)
+            np.testing.assert_equal(got, expected, err_msg=f"{problem}/{optimizer}/{seed} {key}")
+    for problem, optimizer, seed, epoch, loss in DIVERGED:
+        assert _value(summary, problem, optimizer, seed, "diverged") == 1.0
+        assert _value(summary, problem, optimizer, seed, "epochs") == epoch
+        # the value at divergence, not back-filled with an earlier finite one
+        np.testing.assert_equal(_value(summary, problem, optimizer, seed, "final_train_loss"), loss)
+
+
+def test_statistics_and_summary_json_match_an_independent_computation(tree):
+    results, written = tree
+    headline = json.loads(
+        (results / "default" / "summary.json").read_text(),
+        parse_constant=lambda name: pytest.fail(f"summary.json contains {name}"),
+    )
+    table = aggregate.statistics(_summary(results)).set_index(["problem", "optimizer", "metric"])
+    assert set(headline) == set(LAYOUT)
+    for problem, optimizers in LAYOUT.items():
+        assert set(headline[problem]) == set(optimizers)
+        for optimizer in optimizers:
+            cell = [m for (p, o, _), m in written.items() if p == problem and o == optimizer]
+            kept = [m for m in cell if not m["diverged"]]
+            entry = headline[problem][optimizer]
+            assert entry["seeds"] == len(cell) == len(SEEDS)
+            assert entry["diverged_runs"] == len(cell) - len(kept)
+            for metric in ("final_train_loss", "final_test_accuracy"):
+                values = [m[metric] for m in kept]
+                n = len(values)
+                mean = sum(values) / n
+                std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+                half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
+                assert entry[f"{metric}_mean"] == pytest.approx(mean, rel=1e-12)
+                assert entry[f"{metric}_std"] == pytest.approx(std, rel=1e-9)
+                row = table.loc[(problem, optimizer, metric)]
+                assert row["n"] == n
+                assert row["ci_low"] == pytest.approx(mean - half, rel=1e-9)
+                assert row["ci_high"] == pytest.approx(mean + half, rel=1e-9)
+    assert set(headline["toy_mlp"]["sgd"]) == {
+        "final_train_loss_mean",
+        "final_train_loss_std",
+        "final_test_accuracy_mean",
+        "final_test_accuracy_std",
+        "diverged_runs",
+        "seeds",
+    }
+
+
+def test_time_to_target_follows_the_documented_rule(tree):
+    results, written = tree
+    summary = _summary(results)
+    targets = _independent_targets(written)
+    for problem, optimizer, seed in written:
+        target = targets[problem]
+        assert _value(summary, problem, optimizer, seed, "train_loss_target") == pytest.approx(
+            target, rel=1e-12
+        )
+        assert _value(summary, problem, optimizer, seed, "train_loss_target_from_params") == 0.0
+        history = pd.read_csv(
+            results / "default" / "runs" / problem / optimizer / str(seed) / "history.csv"
+        )
+        expected_epoch = expected_seconds = math.nan
+        for _, row in history.iterrows():
+            if math.isfinite(row["train_loss"]) and row["train_loss"] <= target:
+                expected_epoch, expected_seconds = row["epoch"], row["wall_clock"]
+                break
+        got_epoch = _value(summary, problem, optimizer, seed, "time_to_target_epochs")
+        got_seconds = _value(summary, problem, optimizer, seed, "time_to_target_seconds")
+        np.testing.assert_equal(got_epoch, expected_epoch)
+        np.testing.assert_allclose(got_seconds, expected_seconds, rtol=1e-12)
+    # both outcomes occur in the fixture (the diverged runs never reach it)
+    reached = summary[summary["metric"] == "time_to_target_epochs"]["value"]
+    assert reached.notna().any() and reached.isna().any()
+
+
+def test_target_from_params_overrides_the_rule(tmp_path, seed):
+    results = tmp_path / "results"
+    write_results_tree(results, seed=seed)
+    params = tmp_path / "params.yaml"
+    params.write_text("aggregate:\n  train_loss_target:\n    toy_mlp: 1.5\n")
+    aggregate.main(["--profile", "default", "--results", str(results), "--params", str(params)])
+    summary = _summary(results)
+    assert _value(summary, "toy_mlp", "sgd", 0, "train_loss_target") == 1.5
+    assert _value(summary, "toy_mlp", "sgd", 0, "train_loss_target_from_params") == 1.0
+    assert _value(summary, "toy_lenet", "sgd", 0, "train_loss_target_from_params") == 0.0
+    params.write_text("aggregate:\n  train_loss_target:\n    no_such_problem: 1.0\n")
+    with pytest.raises(ValueError, match="no_such_problem"):
+        aggregate.main(["--profile", "default", "--results", str(results), "--params", str(params)])
+    params.write_text("aggregate:\n  train_loss_target:\n    toy_mlp: -1.0\n")
+    with pytest.raises(ValueError, match="-1.0"):
+        aggregate.main(["--profile", "default", "--results", str(results), "--params", str(params)])
+    params.write_text("aggregate:\n  targets: {}\n")
+    with pytest.raises(ValueError, match="targets"):
+        aggregate.main(["--profile", "default", "--results", str(results), "--params", str(params)])
+
+
+def test_a_single_seed_has_an_undefined_interval_and_null_std(tmp_path, seed):
+    results = tmp_path / "results"
+    write_results_tree(results, seed=seed, seeds=(0,), diverged=())
+    aggregate.main(["--profile", "default", "--results", str(results)])
+    table = aggregate.statistics(_summary(results))
+    loss = table[table["metric"] == "final_train_loss"]
+    assert (loss["n"] == 1).all()
+    assert loss[["std", "ci_low", "ci_high"]].isna().all().all()
+    assert loss["mean"].notna().all()
+    headline = json.loads((results / "default" / "summary.json").read_text())
+    assert headline["toy_mlp"]["adam"]["final_train_loss_std"] is None
+    assert isinstance(headline["toy_mlp"]["adam"]["final_train_loss_mean"], float)
+
+
+def test_outputs_are_written_without_leftover_temporary_files(tree):
+    results, _ = tree
+    names = sorted(p.name for p in (results / "default").iterdir())
+    assert names == ["runs", "summary.csv", "summary.json"]
+
+
+@pytest.mark.parametrize("damage", ["percent_accuracy", "wrong_seed", "no_history", "no_runs"])
+def test_bad_results_trees_raise_naming_the_problem(tmp_path, seed, damage):
+    results = tmp_path / "results"
+    write_results_tree(results, seed=seed, seeds=(0,))
+    run = results / "default" / "runs" / "toy_mlp" / "sgd" / "0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    if damage == "percent_accuracy":
+        metrics["final_test_accuracy"] = 97.5
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        error, match = ValueError, "97.5"
+    elif damage == "wrong_seed":
+        metrics["seed"] = 7
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        error, match = ValueError, "seed"
+    elif damage == "no_history":
+        (run / "history.csv").unlink()
+        error, match = FileNotFoundError, "history.csv"
+    else:
+        error, match = FileNotFoundError, "paper"
+    profile = "paper" if damage == "no_runs" else "default"
+    with pytest.raises(error, match=match):
+        aggregate.main(["--profile", profile, "--results", str(results)])

@@ -1,0 +1,270 @@
+"""The report stage on a synthetic results tree: files, self-contained HTML, headline table,
+absent pieces, atomicity, and a headless-Chromium rendering check.
+
+The fixture's noise seed is drawn fresh and printed; replay with HOBENCH_SEED=<seed>.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from fixtures_results import LAYOUT, PROBE_EXPECTED_PATTERN, write_results_tree
+
+from bench import aggregate, figures, report
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _seed() -> int:
+    value = int(os.environ.get("HOBENCH_SEED", int.from_bytes(os.urandom(4), "little")))
+    print(f"fixture noise seed: replay with HOBENCH_SEED={value}")
+    return value
+
+
+def _build(root: Path, **tree) -> tuple[Path, Path, dict]:
+    results, reports = root / "results", root / "reports"
+    written = write_results_tree(results, seed=_seed(), **tree)
+    aggregate.main(["--profile", "default", "--results", str(results)])
+    report.main(["--profile", "default", "--results", str(results), "--reports", str(reports)])
+    return results, reports / "default", written
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path, dict]:
+    return _build(tmp_path_factory.mktemp("report"))
+
+
+def test_report_files_exist_and_list_every_optimizer(built):
+    _, out, written = built
+    markdown = (out / "report.md").read_text()
+    page = (out / "index.html").read_text()
+    for optimizer in {o for _, o, _ in written}:
+        assert optimizer in markdown and optimizer in page, optimizer
+    for problem in LAYOUT:
+        assert f"Problem `{problem}`" in markdown
+        for kind in ("loss", "accuracy", "eta", "ablation", "probe"):
+            assert (out / f"{kind}_{problem}.png").read_bytes().startswith(PNG_MAGIC)
+    for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
+        assert (out / target).is_file(), target
+    assert markdown.count("regenerate: `dvc repro report`") >= 2 * 8
+    assert "## Provenance" in markdown and "feedc0ffee" in markdown and "Synthetic CPU" in markdown
+
+
+def test_html_is_self_contained(built):
+    _, out, _ = built
+    page = (out / "index.html").read_text()
+    assert not re.search(r"https?://", page, re.IGNORECASE)
+    assert "<link" not in page and "<script" not in page and "url(" not in page
+    sources = re.findall(r"<img [^>]*src=\"([^\"]*)\"", page)
+    assert len(sources) == len(re.findall(r"<img ", page)) == 5 * len(LAYOUT)
+    for source in sources:
+        assert source.startswith("data:image/png;base64,")
+        assert base64.b64decode(source.split(",", 1)[1]).startswith(PNG_MAGIC)
+    assert re.findall(r"src=\"([^\"]*)\"", page) == sources  # no other sourced element
+
+
+def _parse_mean_std(cell: str) -> tuple[float, float]:
+    match = re.match(r"([-0-9.e+]+) ± ([-0-9.e+]+)", cell)
+    assert match, cell
+    return float(match.group(1)), float(match.group(2))
+
+
+def test_headline_table_is_the_generated_file_and_has_the_right_numbers(built):
+    results, out, written = built
+    summary = pd.read_csv(results / "default" / "summary.csv")
+    table = report.headline_table(summary)
+    assert (out / "headline.md").read_text() == table
+    rows = [line.split(" | ") for line in table.strip().splitlines()[2:]]
+    assert len(rows) == len({(p, o) for p, o, _ in written})
+    for row in rows:
+        problem, optimizer = row[0].lstrip("| "), row[1]
+        cell = [m for (p, o, _), m in written.items() if p == problem and o == optimizer]
+        kept = [m for m in cell if not m["diverged"]]
+        loss = np.array([m["final_train_loss"] for m in kept])
+        accuracy = 100 * np.array([m["final_test_accuracy"] for m in kept])
+        mean, std = _parse_mean_std(row[3])
+        assert mean == pytest.approx(loss.mean(), rel=1e-3)
+        assert std == pytest.approx(loss.std(ddof=1), rel=1e-1)
+        mean, std = _parse_mean_std(row[4])
+        assert mean == pytest.approx(accuracy.mean(), abs=0.006)
+        assert std == pytest.approx(accuracy.std(ddof=1), abs=0.006)
+        diverged = len(cell) - len(kept)
+        assert (f"({diverged}/{len(cell)} diverged)" in row[3]) == (diverged > 0)
+
+
+def test_readme_headline_markers_are_parsed():
+    table = "| a | b |\n|---|---|\n| 1 | 2 |\n"
+    readme = f"intro\n{report.HEADLINE_START}\n{table}{report.HEADLINE_END}\nmore\n"
+    assert report.readme_headline(readme) == table
+    assert report.readme_headline("no markers here") is None
+
+
+def test_readme_headline_equals_the_generated_file():
+    readme = (ROOT / "README.md").read_text()
+    block = report.readme_headline(readme)
+    generated = ROOT / "reports" / "default" / "headline.md"
+    if block is None:
+        pytest.skip("README.md has no <!-- headline:start --> / <!-- headline:end --> markers yet")
+    if not generated.is_file():
+        pytest.skip(f"{generated} has not been generated (run `dvc repro report`)")
+    assert block == generated.read_text()
+
+
+def test_probe_sentence_names_the_over_and_under_stepped_subsets(built):
+    _, out, _ = built
+    markdown = (out / "report.md").read_text()
+    sentences = [line for line in markdown.splitlines() if line.startswith("Along **sgd**")]
+    assert len(sentences) == len(LAYOUT)
+    for sentence in sentences:
+        under = re.search(r"under-steps \(median[^)]*\) (.*?);", sentence).group(1)
+        over = re.search(r"over-steps \(median[^)]*\) (.*?);", sentence).group(1)
+        right = re.search(r"about right \([^)]*\): (.*)\.$", sentence).group(1)
+        found = {
+            "under": re.findall(r"([\w.]+) \(", under),
+            "over": re.findall(r"([\w.]+) \(", over),
+            "right": right.split(", "),
+        }
+        expected = {
+            kind: sorted(s for s, k in PROBE_EXPECTED_PATTERN.items() if k == kind)
+            for kind in found
+        }
+        assert {kind: sorted(names) for kind, names in found.items()} == expected, sentence
+    assert "**adam**: absent (no probe.csv in its runs)." in markdown
+    assert "**kfac**: absent (not run on this problem)." in markdown
+
+
+def test_missing_pieces_are_reported_as_absent(tmp_path):
+    layout = {"toy_mlp": ("sgd", "adam", "partitioned_newton"), "toy_lenet": ("sgd", "adam")}
+    _, out, _ = _build(tmp_path, layout=layout, diverged=(), probe_optimizers=())
+    markdown = (out / "report.md").read_text()
+    lenet = markdown.split("## Problem `toy_lenet`", 1)[1].split("## Problem", 1)[0]
+    assert "Absent on this problem: partitioned_newton." in lenet
+    assert "Absent: no run on this problem has `diag/eta/<subset>` history columns." in lenet
+    assert "Absent: none of the ablation variants was run on this problem." in lenet
+    assert "Absent: no probe.csv on this problem." in markdown
+    assert "Absent variants: partitioned_newton_diag, partitioned_newton_order2, cauchy." in (
+        markdown
+    )
+    assert not (out / "eta_toy_lenet.png").exists() and (out / "eta_toy_mlp.png").exists()
+
+
+def test_all_seeds_diverged_is_shown_as_diverged(tmp_path):
+    diverged = tuple(("toy_mlp", "adam", seed, 1, float("nan")) for seed in (0, 1))
+    layout = {"toy_mlp": ("sgd", "adam")}
+    results, out, _ = _build(tmp_path, layout=layout, seeds=(0, 1), diverged=diverged)
+    headline = (out / "headline.md").read_text()
+    assert "| toy_mlp | adam | 2 | diverged (2/2) | diverged (2/2) |" in headline
+    summary = json.loads((results / "default" / "summary.json").read_text())
+    assert summary["toy_mlp"]["adam"]["final_train_loss_mean"] is None
+    assert summary["toy_mlp"]["adam"]["diverged_runs"] == 2
+
+
+def test_a_failing_report_leaves_the_previous_one_intact(tmp_path, monkeypatch):
+    results, out, _ = _build(tmp_path, layout={"toy_mlp": LAYOUT["toy_mlp"]})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(figures, "probe", broken)
+    with pytest.raises(RuntimeError, match="figure failed"):
+        report.main(
+            ["--profile", "default", "--results", str(results), "--reports", str(out.parent)]
+        )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["default"]  # no staging left
+
+
+def test_report_without_summary_asks_for_the_aggregate_stage(tmp_path):
+    write_results_tree(tmp_path / "results", seed=_seed(), seeds=(0,))
+    with pytest.raises(FileNotFoundError, match="bench.aggregate"):
+        report.write_report(tmp_path / "results", tmp_path / "reports", "default")
+
+
+# ----------------------------------------------------------------------------- browser
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+    "--v=0",
+]
+# Test-only probe injected into a copy of the page: after load, record each image's decoded width
+# and every error event (resource or script) in the DOM, which --dump-dom then prints.
+PROBE_SCRIPT = """<script>
+var errors = [];
+window.addEventListener("error", function (e) { errors.push(String(e.message || e.target.src)); },
+                        true);
+window.addEventListener("load", function () {
+  document.querySelectorAll("img").forEach(function (img) {
+    img.setAttribute("data-natural-width", img.naturalWidth); });
+  document.body.setAttribute("data-errors", errors.length);
+});
+</script>"""
+
+
+def _chromium(page: Path, profile_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", *extra, page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+
+def _page_errors(stderr: str, page: Path) -> list[str]:
+    """Console messages and error lines about the page (Chromium's dbus noise is not the page's)."""
+    return [
+        line
+        for line in stderr.splitlines()
+        if ":CONSOLE" in line or ("ERROR" in line and (page.name in line or "data:" in line))
+    ]
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)"
+)
+def test_index_html_renders_in_headless_chromium(built, tmp_path):
+    _, out, _ = built
+    page = tmp_path / "index.html"
+    shutil.copy(out / "index.html", page)
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", PROBE_SCRIPT + "</body>"))
+
+    dump = _chromium(probed, tmp_path / "profile-dom", "--dump-dom")
+    widths = [int(w) for w in re.findall(r'data-natural-width="(\d+)"', dump.stdout)]
+    assert len(widths) == 5 * len(LAYOUT) and all(w > 0 for w in widths), widths
+    assert 'data-errors="0"' in dump.stdout
+    assert _page_errors(dump.stderr, probed) == []
+
+    shot = tmp_path / "shot.png"
+    run = _chromium(
+        page, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1200,3000"
+    )
+    assert _page_errors(run.stderr, page) == []
+    assert shot.stat().st_size > 0
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (3000, 1200)
+    assert pixels.std() > 0.05  # not a blank page
+    # figures are there: many distinct colours (text alone is greyscale)
+    colourful = np.abs(pixels - pixels.mean(axis=2, keepdims=True)).max(axis=2) > 0.15
+    assert colourful.mean() > 0.002
