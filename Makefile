@@ -9,7 +9,7 @@ PIP_INSTALL := $(PIP) install --quiet --constraint constraints.txt
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: venv test test-all bench lint format repro check-env clean
+.PHONY: venv test test-all bench lint format repro derivative-cost perf-check perf-baseline check-env clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -45,7 +45,18 @@ format: venv
 
 ## The main job.
 repro: venv
-	$(PY) -m bench.derivative_cost --out results/derivative_cost.json
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks
+
+## Cost of the projected derivatives (README table).
+derivative-cost: venv
+	$(PY) -m bench.derivative_cost --out results/derivative_cost.json
+
+## Performance-regression gate (ratios against results/perf_baseline.json).
+perf-check: venv
+	$(PY) -m bench.perf_check
+
+perf-baseline: venv
+	$(PY) -m bench.perf_check --update-baseline

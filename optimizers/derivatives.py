@@ -73,18 +73,32 @@ def projected_derivatives(
         (scaled_dot_product_attention on CPU) by exact elementary-op decompositions.
 
     Method and cost (one "pass" = one reverse pass through the graph built so far):
-        η is a leaf of S zeros; ``loss_fn`` sees θ_T + η_s u_T for every tensor T of subset s,
-        so autograd differentiates φ directly. ḡ = ∇_η φ costs one pass. Each further order is
-        obtained by differentiating one entry of the previous order: the pass on
-        D^{k}_{s_1…s_{k−1} s_k} (s_1 ≤ … ≤ s_k) returns the row D^{k+1}_{s_1…s_k, :}. Only the rows
-        with sorted indices are computed, and the tensor is filled by symmetry. Hence
+        η is S scalar leaves, all zero; ``loss_fn`` sees θ_T + η_s u_T for every tensor T of
+        subset s, so autograd differentiates φ directly (one forward pass). ḡ = ∇_η φ costs one
+        pass. Each further order is obtained by differentiating one entry of the previous order:
+        the pass on D^k_{s_1…s_k} (s_1 ≤ … ≤ s_k) returns D^{k+1}_{s_1…s_k t} for t ≥ s_k only
+        (diagonal mode: t = s_k only), and the tensor is filled by symmetry. A pass reaches only
+        the leaves it asks for, so autograd prunes every branch of the graph leading elsewhere.
+        The sorted entries are visited depth-first: a row's graph (create_graph) is kept only
+        until the rows below it are computed, so at most one row graph per order is alive. Hence
 
-        * order 2: 1 + S passes (S double-backward passes, one per row of H̄);
-        * order 3 diagonal: 1 + S + S passes (S triple-backward passes for D^3_{ss·});
+        * order 2: 1 + S passes (S double-backward passes, one per row of H̄, without graph);
+        * order 3 diagonal: 1 + S + S passes (S double-backward passes with graph for the rows
+          of H̄, S triple-backward passes on H̄_ss w.r.t. η_s alone for D^3_sss);
         * order d complete: Σ_{k<d} C(S+k−1, k) passes, C(S+d−2, d−1) at the last order.
 
-        Cost grows with S, never with P² or P³. Memory: the graph of the forward pass plus the
-        graphs of the rows still needed by the next order. No value is read back to the host.
+        Cost grows with S, never with P² or P³. Because of the pruning a pass is cheaper than a
+        Hessian-vector product: on CPU (batch 100, one thread) the order-3 diagonal costs about
+        7–8 gradient-equivalents at S = 8–10 and ~45 at S = 42 (20-layer MLP), 0.3–0.5 × the
+        nested reverse passes w.r.t. θ of METHOD.md §2 (bench/derivative_cost.py). Pass
+        costs depend on the order of ``groups``: list the subsets from input to output (as
+        :mod:`optimizers.partition` does), since rows then differentiate towards later
+        layers; the reversed order measured ~2× slower. Other exact routes measured slower on
+        CPU: the S row passes batched by ``is_grads_batched`` (vmap over the backward:
+        60–100× slower), forward-over-reverse with torch.func (H̄_s· = jvp along e_s of ∇_η φ,
+        D^3_ss· = jvp of that, for each s: ~20× slower), splitting each row into the entry
+        with graph and the rest without (~10 % slower). Memory: the graph of the forward pass
+        and of ḡ plus one row graph per order. No value is read back to the host.
 
     Example:
         A quadratic L(θ) = ½ θᵀAθ with two single-coordinate subsets has ḡ = Aθ ∘ u,
@@ -130,37 +144,40 @@ def _derivative_tensors(
 ) -> list[Tensor]:
     """Entries of every order by nested reverse passes, then symmetric assembly.
 
-    ``rows[I][t]`` holds D^k_{I, t} for a sorted prefix I of length k−1 and t ≥ I[-1]; the pass
-    that produces it differentiates D^{k−1}_I (an entry of the previous order) with respect to
-    the leaves η_t, t ≥ I[-1] only (in diagonal mode: η_s only).
+    ``rows[k][I][t]`` holds D^k_{I, t} (detached) for a sorted prefix I of length k−1 and
+    t ≥ I[-1]; the pass that produces it differentiates D^{k−1}_I (an entry of the previous
+    order, still carrying its graph) with respect to the leaves η_t, t ≥ I[-1] only (in
+    diagonal mode: η_s only). The prefixes are visited depth-first, so the graph of a row lives
+    only until the rows below it are computed: at most one row graph per order is alive.
     """
     num_subsets = len(etas)
     first = _grads(loss, etas, create_graph=order > 1)
-    rows: Rows = {(): dict(enumerate(first))}
-    results = [torch.stack(first)]
-    for k in range(2, order + 1):
-        keep_graph = k < order
+    rows: list[Rows] = [{} for _ in range(order + 1)]
+
+    def expand(prefix: tuple[int, ...], parent: Tensor) -> None:
+        k = len(prefix) + 1  # the order of the row computed from parent = D^{k−1}_prefix
         diagonal_order = diagonal and k >= 3
-        next_rows: Rows = {}
-        for prefix in _wanted_prefixes(num_subsets, k, diagonal_order):
-            parent = rows[prefix[:-1]][prefix[-1]]
-            columns = [prefix[-1]] if diagonal_order else range(prefix[-1], num_subsets)
-            grads = _grads(parent, [etas[t] for t in columns], create_graph=keep_graph)
-            next_rows[prefix] = dict(zip(columns, grads, strict=True))
-        if diagonal_order:
-            diag = [next_rows[(s,) * (k - 1)][s] for s in range(num_subsets)]
+        columns = [prefix[-1]] if diagonal_order else range(prefix[-1], num_subsets)
+        grads = _grads(parent, [etas[t] for t in columns], create_graph=k < order)
+        rows[k][prefix] = {t: g.detach() for t, g in zip(columns, grads, strict=True)}
+        if k == order:
+            return
+        child_diagonal = diagonal and k + 1 >= 3
+        for t, grad in zip(columns, grads, strict=True):
+            if not child_diagonal or all(i == t for i in prefix):
+                expand(prefix + (t,), grad)
+
+    if order > 1:
+        for s in range(num_subsets):
+            expand((s,), first[s])
+    results = [torch.stack(first).detach()]
+    for k in range(2, order + 1):
+        if diagonal and k >= 3:
+            diag = [rows[k][(s,) * (k - 1)][s] for s in range(num_subsets)]
             results.append(torch.stack(diag))
         else:
-            results.append(_assemble(next_rows, num_subsets, k))
-        rows = next_rows
+            results.append(_assemble(rows[k], num_subsets, k))
     return results
-
-
-def _wanted_prefixes(num_subsets: int, k: int, diagonal: bool) -> list[tuple[int, ...]]:
-    """Sorted index tuples of length k−1 whose entries of order k are computed."""
-    if diagonal:
-        return [(s,) * (k - 1) for s in range(num_subsets)]
-    return list(itertools.combinations_with_replacement(range(num_subsets), k - 1))
 
 
 def _assemble(rows: Rows, num_subsets: int, k: int) -> Tensor:

@@ -1,9 +1,20 @@
 """Independent slow references and a zoo of small models for the derivative tests.
 
-The reference builds φ(η) = L(θ + Σ_s η_s u_s) explicitly and differentiates it with
-``torch.autograd.functional`` (jacobian / hessian, nested jacobians for orders 3–4). It shares
-nothing with the engine but torch's operator derivatives, which are therefore confirmed
-separately by central finite differences of the order below (test_derivatives.py).
+The reference shares nothing with :mod:`optimizers.derivatives` or :mod:`optimizers.exact_ops`:
+
+* the loss is re-implemented from elementary operators (:func:`reference_loss`: matmul, conv,
+  tanh, exp, erf, logsumexp, mean, rsqrt, amax), so torch's fused norm kernels, whose third
+  derivatives are wrong in torch 2.13, are never differentiated;
+* φ(η) = L(θ + Σ_s η_s u_s) is built explicitly (:func:`phi`) and differentiated with
+  ``torch.autograd.functional`` (jacobian / hessian, nested jacobians for orders 3–4);
+* every order of this reference is in turn confirmed by central finite differences of the order
+  below (:func:`finite_difference_check`, used by tests/test_derivatives.py), so no
+  higher-order autograd formula is trusted unchecked.
+
+API (also meant for the benchmark helpers): :func:`fresh_seed`, :func:`reference_loss`,
+:func:`phi`, :func:`reference_derivatives`, :func:`directional_derivative`,
+:func:`finite_difference_check`, :func:`relative_error`, the model zoo :data:`CASES` /
+:data:`CASES_BY_NAME`, :func:`setup` and :func:`partitions_for`.
 """
 
 from __future__ import annotations
@@ -18,19 +29,132 @@ from torch import Tensor, nn
 from torch.autograd.functional import hessian, jacobian
 
 from optimizers import partition
-from optimizers.derivatives import functional_loss
-from optimizers.exact_ops import exact_higher_order
 
 DT = torch.float64
+LossFn = Callable[[dict[str, Tensor]], Tensor]
+
+__all__ = [
+    "CASES",
+    "CASES_BY_NAME",
+    "DT",
+    "Case",
+    "Residual",
+    "directional_derivative",
+    "finite_difference_check",
+    "fresh_seed",
+    "partitions_for",
+    "phi",
+    "reference_derivatives",
+    "reference_loss",
+    "relative_error",
+    "setup",
+]
 
 
 def fresh_seed() -> int:
-    """A new seed every run, or HOBENCH_SEED to replay a failure."""
+    """A new seed every run (os.urandom), or ``HOBENCH_SEED`` to replay a failure."""
     return int(os.environ.get("HOBENCH_SEED", int.from_bytes(os.urandom(4), "little")))
 
 
-def phi(loss_fn, params, groups, direction) -> Callable[[Tensor], Tensor]:
-    """η ↦ L(θ + Σ_s η_s u_s), built without the engine."""
+def relative_error(a: Tensor, b: Tensor) -> float:
+    """Normwise relative error ‖a − b‖ / ‖b‖ (absolute when b = 0)."""
+    scale = b.norm().item()
+    return ((a - b).norm() / (scale if scale > 0 else 1.0)).item()
+
+
+# ------------------------------------------------------------ the loss from elementary operators
+class Residual(nn.Module):
+    """x + f(x) with f = Linear → Tanh → Linear: a residual connection."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.inner = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.inner(x)
+
+
+def _normalise(x: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
+    centred = x - x.mean(dims, keepdim=True)
+    return centred * torch.rsqrt((centred * centred).mean(dims, keepdim=True) + eps)
+
+
+def _pool(x: Tensor, size: int, reduce: Callable[..., Tensor]) -> Tensor:
+    n, c, height, width = x.shape
+    h, w = height // size, width // size
+    x = x[:, :, : h * size, : w * size].reshape(n, c, h, size, w, size)
+    return reduce(x, dim=(3, 5))
+
+
+def _forward(module: nn.Module, p: dict[str, Tensor], prefix: str, x: Tensor) -> Tensor:
+    """Output of ``module`` with parameters ``p`` (names prefixed by ``prefix``)."""
+    get = lambda name: p.get(prefix + name)
+    if isinstance(module, nn.Sequential):
+        for name, child in module.named_children():
+            x = _forward(child, p, f"{prefix}{name}.", x)
+        return x
+    if isinstance(module, Residual):
+        return x + _forward(module.inner, p, prefix + "inner.", x)
+    if isinstance(module, nn.Linear):
+        out = x @ get("weight").T
+        return out if get("bias") is None else out + get("bias")
+    if isinstance(module, nn.Conv2d):
+        return F.conv2d(x, get("weight"), get("bias"), module.stride, module.padding)
+    if isinstance(module, nn.Tanh):
+        return torch.tanh(x)
+    if isinstance(module, nn.ELU):
+        return torch.where(x > 0, x, module.alpha * torch.expm1(torch.clamp(x, max=0)))
+    if isinstance(module, nn.Softplus):
+        return torch.logaddexp(x, torch.zeros_like(x))
+    if isinstance(module, nn.GELU):
+        return 0.5 * x * (1 + torch.erf(x / 2**0.5))
+    if isinstance(module, nn.MaxPool2d):
+        return _pool(x, module.kernel_size, torch.amax)
+    if isinstance(module, nn.AvgPool2d):
+        return _pool(x, module.kernel_size, torch.mean)
+    if isinstance(module, nn.Flatten):
+        return x.flatten(1)
+    if isinstance(module, nn.LayerNorm):
+        dims = tuple(range(-len(module.normalized_shape), 0))
+        return _normalise(x, dims, module.eps) * get("weight") + get("bias")
+    if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        if module.training:
+            out = _normalise(x, (0, *range(2, x.dim())), module.eps)
+        else:
+            mean = module.running_mean.reshape(shape)
+            out = (x - mean) * torch.rsqrt(module.running_var.reshape(shape) + module.eps)
+        return out * get("weight").reshape(shape) + get("bias").reshape(shape)
+    raise NotImplementedError(f"reference_loss has no elementary form of {type(module).__name__}")
+
+
+def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    picked = logits.gather(1, targets[:, None])[:, 0]
+    return (torch.logsumexp(logits, dim=1) - picked).mean()
+
+
+def _mean_squared_error(outputs: Tensor, targets: Tensor) -> Tensor:
+    return ((outputs - targets) ** 2).mean()
+
+
+_CRITERIA = {F.cross_entropy: _cross_entropy, F.mse_loss: _mean_squared_error}
+
+
+def reference_loss(model: nn.Module, criterion, inputs: tuple[Tensor, ...], targets) -> LossFn:
+    """``loss_fn(params)``: the loss of ``model`` rewritten in elementary operators.
+
+    Same mathematics as ``criterion(model(*inputs), targets)`` (BatchNorm in training mode uses
+    batch statistics; running statistics are never read or written in training mode).
+    ``criterion`` is ``F.cross_entropy`` or ``F.mse_loss``.
+    """
+    loss = _CRITERIA[criterion]
+    (x,) = inputs
+    return lambda params: loss(_forward(model, params, "", x), targets)
+
+
+# ---------------------------------------------------------------------- derivatives of φ
+def phi(loss_fn: LossFn, params, groups, direction) -> Callable[[Tensor], Tensor]:
+    """η ↦ φ(η) = L(θ + Σ_s η_s u_s), η of shape [S]; built without the engine."""
 
     def function(eta: Tensor) -> Tensor:
         moved = dict(params)
@@ -42,160 +166,153 @@ def phi(loss_fn, params, groups, direction) -> Callable[[Tensor], Tensor]:
     return function
 
 
-def reference_derivatives(loss_fn, params, groups, direction, order: int) -> list[Tensor]:
-    """(D^1, …, D^order) by torch.autograd.functional on φ, inside exact_higher_order so that
-    the operators with wrong native third derivatives use their exact decompositions."""
+def reference_derivatives(
+    loss_fn: LossFn, params, groups, direction, order: int, at: Tensor | None = None
+) -> list[Tensor]:
+    """(D^1, …, D^order) of φ at η = ``at`` (default 0) by ``torch.autograd.functional``.
+
+    D^1 = jacobian(φ) [S], D^2 = hessian(φ) [S, S], D^3 = jacobian(hessian) [S, S, S],
+    D^4 = jacobian(jacobian(hessian)) [S]*4, each level batched over its S^k outputs by vmap
+    (``vectorize=True``). Cost grows like S^order: small S only.
+    """
+    if not 1 <= order <= 4:
+        raise ValueError(f"reference_derivatives supports orders 1..4, got {order}")
     f = phi(loss_fn, params, groups, direction)
-    eta = torch.zeros(len(groups), dtype=next(iter(params.values())).dtype)
-    with exact_higher_order():
-        out = [jacobian(f, eta), hessian(f, eta)]
-        if order >= 3:
-            out.append(jacobian(lambda e: hessian(f, e, create_graph=True), eta))
-        if order >= 4:
-            third = lambda e: jacobian(
-                lambda e2: hessian(f, e2, create_graph=True), e, create_graph=True
-            )
-            out.append(jacobian(third, eta))
-    return out[:order]
+    dtype = next(iter(params.values())).dtype
+    eta = torch.zeros(len(groups), dtype=dtype) if at is None else at
+    second = lambda e: hessian(f, e, create_graph=True, vectorize=True)
+    third = lambda e: jacobian(second, e, create_graph=True, vectorize=True)
+    out = [jacobian(f, eta, vectorize=True), hessian(f, eta, vectorize=True)]
+    if order >= 3:
+        out.append(jacobian(second, eta, vectorize=True))
+    if order >= 4:
+        out.append(jacobian(third, eta, vectorize=True))
+    return [t.detach() for t in out[:order]]
 
 
-def directional_derivative(loss_fn, params, direction, order: int) -> Tensor:
-    """L^{(order)}(θ)[u, …, u] by nested forward mode (torch.func.jvp), another route."""
+def finite_difference_check(
+    derivative: Callable[[Tensor], Tensor], point: Tensor, step: Tensor, h: float
+) -> Tensor:
+    """d/dt derivative(point + t·step) at t = 0 by the 4-point central stencil (error O(h⁴))."""
+    at = lambda t: derivative(point + t * step)
+    return (-at(2 * h) + 8 * at(h) - 8 * at(-h) + at(-2 * h)) / (12 * h)
+
+
+def directional_derivative(loss_fn: LossFn, params, direction, order: int) -> Tensor:
+    """L^{(order)}(θ)[u, …, u] by nested forward mode (torch.func.jvp): a third route."""
 
     def along(t: Tensor) -> Tensor:
         return loss_fn(
-            {n: p + t * direction.get(n, torch.zeros_like(p)) for n, p in params.items()}
+            {n: p + t * direction[n] if n in direction else p for n, p in params.items()}
         )
 
     f = along
     for _ in range(order):
         f = (lambda g: lambda t: torch.func.jvp(g, (t,), (torch.ones_like(t),))[1])(f)
-    with exact_higher_order():
-        return f(torch.zeros((), dtype=DT))
+    return f(torch.zeros((), dtype=next(iter(params.values())).dtype)).detach()
 
 
-def relative_error(a: Tensor, b: Tensor) -> float:
-    scale = max(b.norm().item(), 1e-300)
-    return ((a - b).norm() / scale).item()
-
-
-# ----------------------------------------------------------------------------- model zoo
-class Residual(nn.Module):
-    """x + f(x): a residual connection."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.inner = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, width))
-
-    def forward(self, x):
-        return x + self.inner(x)
-
-
+# ------------------------------------------------------------------------------ model zoo
 @dataclass(frozen=True)
 class Case:
-    """A declarative test case: model, inputs, targets, loss."""
+    """A test case: ``build(gen) -> (model, inputs, targets)`` and the criterion."""
 
     name: str
     build: Callable[[torch.Generator], tuple[nn.Module, tuple[Tensor, ...], Tensor]]
     criterion: Callable[[Tensor, Tensor], Tensor]
-    smooth: bool  # no kinks (finite differences are reliable)
-
-
-def _classification(model, shape, classes, gen, batch=4):
-    x = torch.randn(batch, *shape, dtype=DT, generator=gen)
-    y = torch.randint(0, classes, (batch,), generator=gen)
-    return model.to(DT), (x,), y
-
-
-def _regression(model, shape, outputs, gen, batch=4):
-    x = torch.randn(batch, *shape, dtype=DT, generator=gen)
-    y = torch.randn(batch, outputs, dtype=DT, generator=gen)
-    return model.to(DT), (x,), y
+    smooth: bool  # C^∞ everywhere: finite differences are reliable at any point
 
 
 def _randomise(model: nn.Module, gen: torch.Generator) -> nn.Module:
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.7 + (0.5 if p.dim() == 1 else 0.0))
-    return model
+    return model.to(DT)
 
 
+def _classify(layers: list[nn.Module], shape, classes: int, batch: int = 4):
+    def build(gen: torch.Generator):
+        model = _randomise(nn.Sequential(*layers), gen).train()
+        x = torch.randn(batch, *shape, dtype=DT, generator=gen)
+        return model, (x,), torch.randint(0, classes, (batch,), generator=gen)
+
+    return build
+
+
+def _regress(layers: list[nn.Module], shape, outputs: int, batch: int = 4):
+    def build(gen: torch.Generator):
+        model = _randomise(nn.Sequential(*layers), gen).train()
+        x = torch.randn(batch, *shape, dtype=DT, generator=gen)
+        return model, (x,), torch.randn(batch, outputs, dtype=DT, generator=gen)
+
+    return build
+
+
+# Builders create fresh modules on every call (lambdas), so cases never share state.
 CASES = [
     Case(
         "tanh_mlp",
-        lambda g: _classification(
-            _randomise(
-                nn.Sequential(
-                    nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3)
-                ),
-                g,
-            ),
-            (5,),
-            3,
-            g,
-        ),
+        lambda g: _classify(
+            [nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3)], (5,), 3
+        )(g),
         F.cross_entropy,
         True,
     ),
     Case(
         "elu_mlp_mse",
-        lambda g: _regression(
-            _randomise(nn.Sequential(nn.Linear(4, 6), nn.ELU(), nn.Linear(6, 2)), g), (4,), 2, g
-        ),
+        lambda g: _regress([nn.Linear(4, 6), nn.ELU(), nn.Linear(6, 2)], (4,), 2)(g),
         F.mse_loss,
         False,
     ),
     Case(
         "conv_maxpool",
-        lambda g: _classification(
-            _randomise(
-                nn.Sequential(
-                    nn.Conv2d(2, 3, 3), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 3)
-                ),
-                g,
-            ),
+        lambda g: _classify(
+            [nn.Conv2d(2, 3, 3), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 3)],
             (2, 6, 6),
             3,
-            g,
-        ),
+            batch=3,
+        )(g),
         F.cross_entropy,
         False,
     ),
     Case(
         "layernorm",
-        lambda g: _classification(
-            _randomise(
-                nn.Sequential(nn.Linear(5, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 3)), g
-            ),
-            (5,),
-            3,
-            g,
-        ),
+        lambda g: _classify(
+            [nn.Linear(5, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 3)], (5,), 3
+        )(g),
         F.cross_entropy,
         True,
     ),
     Case(
-        "batchnorm_train",
-        lambda g: _classification(
-            _randomise(
-                nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3)), g
-            ).train(),
-            (5,),
+        "batchnorm1d_train",
+        lambda g: _classify(
+            [nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3)], (5,), 3
+        )(g),
+        F.cross_entropy,
+        True,
+    ),
+    Case(
+        "conv_batchnorm2d_gelu_avgpool",
+        lambda g: _classify(
+            [
+                nn.Conv2d(2, 3, 3, padding=1),
+                nn.BatchNorm2d(3),
+                nn.GELU(),
+                nn.AvgPool2d(2),
+                nn.Flatten(),
+                nn.Linear(27, 3),
+            ],
+            (2, 6, 6),
             3,
-            g,
-        ),
+            batch=3,
+        )(g),
         F.cross_entropy,
         True,
     ),
     Case(
         "residual_softplus_mse",
-        lambda g: _regression(
-            _randomise(
-                nn.Sequential(nn.Linear(3, 4), nn.Softplus(), Residual(4), nn.Linear(4, 2)), g
-            ),
-            (3,),
-            2,
-            g,
+        lambda g: _regress([nn.Linear(3, 4), nn.Softplus(), Residual(4), nn.Linear(4, 2)], (3,), 2)(
+            g
         ),
         F.mse_loss,
         True,
@@ -205,25 +322,48 @@ CASES_BY_NAME = {case.name: case for case in CASES}
 
 
 def partitions_for(model: nn.Module, gen: torch.Generator) -> dict[str, list[list[str]]]:
-    """Every partition kind on this model, including a random user mapping."""
+    """Every partition kind on ``model``, including a random user mapping into ≤ 3 subsets."""
     names = partition.trainable_names(model)
     labels = torch.randint(0, 3, (len(names),), generator=gen).tolist()
-    mapping = dict(zip(names, labels, strict=True))
     return {
         "per_tensor": partition.per_tensor(model),
         "per_module": partition.per_module(model),
         "single": partition.single(model),
         "weights_biases": partition.weights_biases(model),
         "blocks2": partition.blocks(model, 2),
-        "mapping": partition.from_mapping(model, mapping),
+        "mapping": partition.from_mapping(model, dict(zip(names, labels, strict=True))),
     }
 
 
-def setup(case: Case, seed: int):
-    """(model, loss_fn, params, direction) of a case at a seed."""
+@dataclass
+class Setup:
+    """A case instantiated at a seed: θ, u, the engine-side loss and the reference loss."""
+
+    model: nn.Module
+    inputs: tuple[Tensor, ...]
+    targets: Tensor
+    loss_fn: LossFn  # the real modules (torch kernels), via functional_call
+    reference_loss_fn: LossFn  # the same loss in elementary operators
+    params: dict[str, Tensor]
+    direction: dict[str, Tensor]
+    gen: torch.Generator
+
+
+def setup(case: Case, seed: int) -> Setup:
+    """Instantiate ``case`` at ``seed``; the engine-side loss is ``functional_loss``."""
+    from optimizers.derivatives import functional_loss
+
     gen = torch.Generator().manual_seed(seed)
     model, inputs, targets = case.build(gen)
-    loss_fn = functional_loss(model, case.criterion, inputs, targets)
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     direction = {n: torch.randn(p.shape, dtype=DT, generator=gen) for n, p in params.items()}
-    return model, loss_fn, params, direction, gen
+    return Setup(
+        model,
+        inputs,
+        targets,
+        functional_loss(model, case.criterion, inputs, targets),
+        reference_loss(model, case.criterion, inputs, targets),
+        params,
+        direction,
+        gen,
+    )

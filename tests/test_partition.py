@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
 from optimizers import partition
@@ -95,3 +96,133 @@ def test_get_partition_by_name():
     assert partition.get_partition("per_tensor") is partition.per_tensor
     with pytest.raises(ValueError, match="unknown partition"):
         partition.get_partition("per_layer_typo")
+
+
+def _trainable(model):
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _all_partitions(model):
+    names = _trainable(model)
+    return {
+        "per_tensor": partition.per_tensor(model),
+        "per_module": partition.per_module(model),
+        "weights_biases": partition.weights_biases(model),
+        "blocks2": partition.blocks(model, 2),
+        "single": partition.single(model),
+        "mapping": partition.from_mapping(model, {n: len(n) % 3 for n in names}),
+    }
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_every_partition_covers_each_trainable_tensor_exactly_once(net, frozen):
+    if frozen:
+        net.body[2].weight.requires_grad_(False)
+    names = _trainable(net)
+    for kind, groups in _all_partitions(net).items():
+        flat = [n for g in groups for n in g]
+        assert sorted(flat) == sorted(names), kind
+        assert len(flat) == len(set(flat)), kind
+        assert all(groups), kind
+        assert "norm.weight" not in flat, kind
+        if frozen:
+            assert "body.2.weight" not in flat, kind
+        if kind not in ("weights_biases", "mapping"):  # these keep named_parameters() order
+            assert flat == names, kind
+        assert partition.validate_groups(groups, names) == groups
+
+
+def test_registry_names_every_partition_function(net):
+    assert set(partition.PARTITIONS) == {
+        "per_tensor",
+        "per_module",
+        "weights_biases",
+        "blocks",
+        "single",
+    }
+    for name, function in partition.PARTITIONS.items():
+        assert partition.get_partition(name) is function
+        groups = function(net, 2) if name == "blocks" else function(net)
+        assert sorted(n for g in groups for n in g) == sorted(_trainable(net))
+
+
+def test_model_without_biases():
+    model = nn.Sequential(
+        nn.Linear(3, 4, bias=False), nn.Tanh(), nn.Linear(4, 4, bias=False), nn.Linear(4, 2, False)
+    )
+    assert partition.per_tensor(model) == partition.per_module(model)
+    assert partition.per_module(model) == [["0.weight"], ["2.weight"], ["3.weight"]]
+    assert partition.weights_biases(model) == [["0.weight", "2.weight", "3.weight"]]
+    assert partition.blocks(model, 2) == [["0.weight"], ["2.weight", "3.weight"]]
+    assert partition.single(model) == [["0.weight", "2.weight", "3.weight"]]
+
+
+def test_deeply_nested_modules_and_parameters_owned_directly():
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gain = nn.Parameter(torch.ones(2))
+            self.inner = nn.Sequential(nn.Sequential(nn.Linear(2, 2)))
+
+        def forward(self, x):
+            return self.inner(x) * self.gain
+
+    model = nn.Sequential(Scale(), nn.Linear(2, 1))
+    assert [n for n, _ in model.named_parameters()] == [
+        "0.gain",
+        "0.inner.0.0.weight",
+        "0.inner.0.0.bias",
+        "1.weight",
+        "1.bias",
+    ]
+    assert partition.per_module(model) == [
+        ["0.gain"],
+        ["0.inner.0.0.weight", "0.inner.0.0.bias"],
+        ["1.weight", "1.bias"],
+    ]
+    assert partition.weights_biases(model) == [
+        ["0.gain", "0.inner.0.0.weight", "1.weight"],
+        ["0.inner.0.0.bias", "1.bias"],
+    ]
+    assert partition.blocks(model, 2) == [
+        ["0.gain"],
+        ["0.inner.0.0.weight", "0.inner.0.0.bias", "1.weight", "1.bias"],
+    ]
+
+
+def test_shared_parameters_appear_once():
+    shared = nn.Linear(3, 3)
+    model = nn.Sequential(shared, nn.Tanh(), shared)
+    assert partition.per_tensor(model) == [["0.weight"], ["0.bias"]]
+    assert partition.per_module(model) == [["0.weight", "0.bias"]]
+
+
+def test_frozen_parameters_may_be_mapped_or_left_out(net):
+    names = _trainable(net)
+    with_frozen = partition.from_mapping(net, {**{n: "a" for n in names}, "norm.weight": "b"})
+    assert with_frozen == [names]  # the frozen tensor is skipped, its label gives no subset
+    assert partition.from_mapping(net, {n: "a" for n in names}) == [names]
+
+
+def test_model_without_trainable_parameters_is_rejected():
+    model = nn.Linear(2, 2).requires_grad_(False)
+    for function in (partition.per_tensor, partition.per_module, partition.single):
+        with pytest.raises(ValueError, match="empty"):
+            function(model)
+    with pytest.raises(ValueError, match="empty"):
+        partition.blocks(model, 1)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 7])
+def test_blocks_sizes_differ_by_at_most_one(count):
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(7)])
+    groups = partition.blocks(model, count)
+    sizes = [len(g) // 2 for g in groups]
+    assert len(groups) == count and sum(sizes) == 7
+    assert max(sizes) - min(sizes) <= 1
+    assert [n for g in groups for n in g] == _trainable(model)
+
+
+def test_validate_groups_accepts_tuples_and_returns_lists():
+    assert partition.validate_groups((("a",), ("b", "c"))) == [["a"], ["b", "c"]]
+    assert partition.validate_groups([["a", "b"]], names=["a", "b", "c"]) == [["a", "b"]]

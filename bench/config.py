@@ -1,0 +1,386 @@
+"""params.yaml → one frozen :class:`Config`, validated once, before any stage does any work.
+
+    from bench.config import load_config, ConfigError
+    config = load_config("params.yaml")      # raises ConfigError(ValueError) naming the bad key
+
+Every error names the file and the dotted key, e.g. ``params.yaml: train.epochs: expected int,
+got 'ten'``. Checked: unknown keys (at every level), missing required keys, types (``true`` is not
+an int, ``1`` is accepted as a float), ranges (learning rates > 0, epochs ≥ 1, …), optimizer names
+against :func:`optimizers.registry.available`, problem names against
+:data:`bench.problems.PROBLEMS`. A params file must give every key (dvc.yaml names them as
+dependencies; no stage relies on a silent default), except inside ``optimizers.<name>`` and
+``aggregate``. The dataclass defaults serve code that builds settings directly (tests).
+
+The sections mirror the DVC stages (stage name = script name = params section: ``prepare``,
+``tune``, ``train``, ``aggregate``, ``report``) plus the grid: ``profile`` (results go to
+``results/<profile>/``), ``device``, ``problems``, ``seeds`` and ``optimizers`` (one section per
+optimizer; the DVC matrix iterates over its keys, so editing one optimizer's section reruns only
+that optimizer's cells).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file that does not describe a valid pipeline; the message names the key."""
+
+
+def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    return types.MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """``prepare``: how each data set is cut before it is cached as an .npz."""
+
+    seed: int = 0  # seed of the train/valid split (bench.data.load_arrays)
+    max_train: int | None = None  # keep the first n training examples (None: all)
+    max_test: int | None = None  # keep the first n test examples (None: all)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """``tune``: the learning-rate grid search on the validation split (one seed)."""
+
+    seed: int = 1000  # one seed, apart from the training seeds
+    epochs_fraction: float = 0.5  # budget = max(1, ceil(fraction × the training epochs))
+
+
+@dataclass(frozen=True)
+class PlateauConfig:
+    """``train.plateau``: halve λ1 (the global lr) when the epoch's training loss stalls (§4)."""
+
+    threshold: float = 1e-4  # relative improvement that counts as progress
+    patience: int = 2  # epochs without progress before the lr is multiplied by `factor`
+    factor: float = 0.5
+    scope: Literal["ours", "all", "none"] = "ours"  # ours = optimizers with a curvature batch
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """``train.probe``: η* = H̄⁻¹ḡ (METHOD.md §3) along the step of these optimizers."""
+
+    optimizers: tuple[str, ...] = ()
+    every: int = 50  # steps between two probes
+    batch_size: int = 100  # examples of the (unshuffled, cycled) probe batch
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train``: the budget and the mechanics of one training run."""
+
+    epochs: int | None = None  # None: the problem's own number of epochs
+    batch_size: int | None = None  # None: the problem's batch size
+    curvature_batch_size: int | None = None  # B'; None: the problem's
+    eval_batch_size: int = 1000  # chunk size of the end-of-epoch evaluations
+    threads: int = 1  # torch.set_num_threads
+    deterministic: bool = True  # torch.use_deterministic_algorithms(warn_only=True)
+    progress: bool = True  # tqdm bars on stderr (also off when stderr is not a TTY)
+    divergence_factor: float = 100.0  # diverged when train loss > factor × previous epoch's
+    checkpoint_dir: str = ".checkpoints"  # resumable state, outside the DVC outs
+    plateau: PlateauConfig = field(default_factory=PlateauConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """``optimizers.<name>``: fixed hyperparameters and the search grid of the tune stage.
+
+    ``grid``: hyperparameter → values, searched as a Cartesian product (e.g. ``{lr: [0.01,
+    0.1]}``); None: the registry spec's grid without the axes fixed in ``hyperparameters``.
+    """
+
+    hyperparameters: Mapping[str, Any] = field(default_factory=_frozen)
+    grid: Mapping[str, tuple[Any, ...]] | None = None
+
+
+@dataclass(frozen=True)
+class AggregateConfig:
+    """``aggregate``: see :mod:`bench.aggregate`."""
+
+    train_loss_target: Mapping[str, float] = field(default_factory=_frozen)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """``report``: no parameters yet (the section exists so the stage has one)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str
+    problems: tuple[str, ...]
+    seeds: tuple[int, ...]
+    optimizers: Mapping[str, OptimizerConfig]
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    raw: Mapping[str, Any] = field(default_factory=_frozen, repr=False, compare=False)
+
+    # The results layout (docs: notes/PIPELINE_CONTRACTS.md), relative to ``root``.
+    def results_dir(self, root: str | Path = "results") -> Path:
+        return Path(root) / self.profile
+
+    def data_path(self, dataset: str, root: str | Path = "results") -> Path:
+        return self.results_dir(root) / "data" / f"{dataset}.npz"
+
+    def tune_path(self, problem: str, optimizer: str, root: str | Path = "results") -> Path:
+        return self.results_dir(root) / "tune" / problem / f"{optimizer}.json"
+
+    def run_dir(
+        self, problem: str, optimizer: str, seed: int, root: str | Path = "results"
+    ) -> Path:
+        return self.results_dir(root) / "runs" / problem / optimizer / str(seed)
+
+    def checkpoint_path(self, problem: str, optimizer: str, seed: int) -> Path:
+        return Path(self.train.checkpoint_dir) / self.profile / problem / optimizer / f"{seed}.pt"
+
+
+# In a params file every key is required (dvc.yaml names them as params dependencies, and no
+# stage relies on a silent default), except in these sections, whose keys may be left out.
+OMISSIBLE = (OptimizerConfig, AggregateConfig)
+
+
+def _describe(value: Any) -> str:
+    return repr(value) if not isinstance(value, Mapping | list) else type(value).__name__
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union):
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+class _Validator:
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, key: str, message: str) -> typing.NoReturn:
+        raise ConfigError(f"{self.source}: {key}: {message}")
+
+    def value(self, annotation: Any, value: Any, key: str) -> Any:
+        origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+        if origin in (types.UnionType, typing.Union):
+            if value is None and type(None) in arguments:
+                return None
+            inner = [a for a in arguments if a is not type(None)]
+            return self.value(inner[0], value, key)
+        if origin is Literal:
+            if value not in arguments:
+                self.fail(key, f"expected one of {_type_name(annotation)}, got {value!r}")
+            return value
+        if dataclasses.is_dataclass(annotation):
+            return self.dataclass(annotation, value, key)
+        if origin is tuple:
+            if not isinstance(value, list | tuple):
+                self.fail(key, f"expected a list, got {_describe(value)}")
+            return tuple(self.value(arguments[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if origin is Mapping or annotation is Mapping:
+            if not isinstance(value, Mapping):
+                self.fail(key, f"expected a mapping, got {_describe(value)}")
+            value_type = arguments[1] if arguments else Any
+            return _frozen(
+                {str(k): self.value(value_type, v, f"{key}.{k}") for k, v in value.items()}
+            )
+        if annotation is Any:
+            return value
+        if annotation is bool:
+            if not isinstance(value, bool):
+                self.fail(key, f"expected bool, got {_describe(value)}")
+            return value
+        if annotation is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(key, f"expected int, got {_describe(value)}")
+            return value
+        if annotation is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                self.fail(key, f"expected float, got {_describe(value)}")
+            if not math.isfinite(value):
+                self.fail(key, f"expected a finite float, got {value!r}")
+            return float(value)
+        if annotation is str:
+            if not isinstance(value, str):
+                self.fail(key, f"expected str, got {_describe(value)}")
+            return value
+        raise TypeError(f"config schema: unsupported annotation {annotation!r} at {key}")
+
+    def dataclass(self, cls: type, value: Any, key: str, **extra: Any) -> Any:
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            self.fail(key or "(top level)", f"expected a mapping, got {_describe(value)}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in extra}
+        prefix = f"{key}." if key else ""
+        for name in value:
+            if name not in fields:
+                known = ", ".join(sorted(fields))
+                self.fail(f"{prefix}{name}", f"unknown key (known keys: {known})")
+        arguments = dict(extra)
+        for name in fields:
+            if name in value:
+                arguments[name] = self.value(hints[name], value[name], f"{prefix}{name}")
+            elif cls not in OMISSIBLE:
+                self.fail(f"{prefix}{name}", "missing required key")
+        return cls(**arguments)
+
+
+def _check_ranges(config: Config, fail: typing.Callable[[str, str], typing.NoReturn]) -> None:
+    def positive(key: str, value: float | None, strict: bool = True) -> None:
+        if value is not None and (value <= 0 if strict else value < 0):
+            fail(
+                key, f"expected a {'positive' if strict else 'non-negative'} number, got {value!r}"
+            )
+
+    if not config.profile or not config.profile.replace("-", "").replace("_", "").isalnum():
+        fail("profile", f"expected a name of letters, digits, '-' or '_', got {config.profile!r}")
+    for key, values in (("problems", config.problems), ("seeds", config.seeds)):
+        if not values:
+            fail(key, "expected a non-empty list")
+        if len(set(values)) != len(values):
+            fail(key, f"duplicate entries in {list(values)}")
+    for index, seed in enumerate(config.seeds):
+        positive(f"seeds[{index}]", seed, strict=False)
+    if not config.optimizers:
+        fail("optimizers", "expected at least one optimizer section")
+
+    def learning_rate(key: str, lr: Any) -> None:
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr):
+            fail(key, f"expected float, got {lr!r}")
+        positive(key, lr)
+
+    for name, optimizer in config.optimizers.items():
+        prefix = f"optimizers.{name}"
+        if "lr" in optimizer.hyperparameters:
+            learning_rate(f"{prefix}.hyperparameters.lr", optimizer.hyperparameters["lr"])
+        for axis, values in (optimizer.grid or {}).items():
+            if not values:
+                fail(f"{prefix}.grid.{axis}", "expected a non-empty list")
+            if axis in optimizer.hyperparameters:
+                fail(
+                    f"{prefix}.grid.{axis}", "also fixed in hyperparameters: give one or the other"
+                )
+            for index, value in enumerate(values if axis == "lr" else ()):
+                learning_rate(f"{prefix}.grid.lr[{index}]", value)
+    positive("prepare.seed", config.prepare.seed, strict=False)
+    for key in ("max_train", "max_test"):
+        positive(f"prepare.{key}", getattr(config.prepare, key))
+    positive("tune.seed", config.tune.seed, strict=False)
+    if not 0 < config.tune.epochs_fraction <= 1:
+        fail(
+            "tune.epochs_fraction",
+            f"expected a fraction in (0, 1], got {config.tune.epochs_fraction}",
+        )
+    train = config.train
+    for key in ("epochs", "batch_size", "curvature_batch_size", "eval_batch_size", "threads"):
+        positive(f"train.{key}", getattr(train, key))
+    if train.divergence_factor <= 1:
+        fail("train.divergence_factor", f"expected a factor > 1, got {train.divergence_factor}")
+    positive("train.plateau.threshold", train.plateau.threshold, strict=False)
+    positive("train.plateau.patience", train.plateau.patience)
+    if not 0 < train.plateau.factor < 1:
+        fail("train.plateau.factor", f"expected a factor in (0, 1), got {train.plateau.factor}")
+    positive("train.probe.every", train.probe.every)
+    positive("train.probe.batch_size", train.probe.batch_size)
+    for key, value in config.aggregate.train_loss_target.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            fail(f"aggregate.train_loss_target.{key}", f"expected float, got {value!r}")
+
+
+def _check_names(config: Config, fail: typing.Callable[[str, str], typing.NoReturn]) -> None:
+    """Optimizer and problem names against the registries (imported only here)."""
+    from bench.problems import PROBLEMS
+    from optimizers.registry import available, get_spec
+
+    known_optimizers = set(available())
+    for name, section in config.optimizers.items():
+        if name not in known_optimizers:
+            known = ", ".join(sorted(known_optimizers))
+            fail(f"optimizers.{name}", f"unknown optimizer {name!r} (known: {known})")
+        accepted = get_spec(name).defaults
+        for part, keys in (("hyperparameters", section.hyperparameters), ("grid", section.grid)):
+            for key in keys or ():
+                if key not in accepted:
+                    fail(
+                        f"optimizers.{name}.{part}.{key}",
+                        f"unknown hyperparameter of {name} (known: {', '.join(sorted(accepted))})",
+                    )
+    for index, name in enumerate(config.train.probe.optimizers):
+        if name not in known_optimizers:
+            fail(f"train.probe.optimizers[{index}]", f"unknown optimizer {name!r}")
+    for index, name in enumerate(config.problems):
+        if name not in PROBLEMS:
+            known = ", ".join(sorted(PROBLEMS))
+            fail(f"problems[{index}]", f"unknown problem {name!r} (known: {known})")
+    for name in config.aggregate.train_loss_target:
+        if name not in config.problems:
+            fail(f"aggregate.train_loss_target.{name}", f"{name!r} is not in problems")
+
+
+def parse_config(params: Any, source: str = "params.yaml", *, check_names: bool = True) -> Config:
+    """Validate an already parsed params mapping (see :func:`load_config`)."""
+    validator = _Validator(source)
+    if not isinstance(params, Mapping):
+        validator.fail("(top level)", f"expected a mapping, got {_describe(params)}")
+    if "optimizers" not in params:
+        validator.fail("optimizers", "missing required key")
+    optimizers = params["optimizers"]
+    if not isinstance(optimizers, Mapping):
+        validator.fail(
+            "optimizers", f"expected a mapping name → section, got {_describe(optimizers)}"
+        )
+    sections = {
+        str(name): validator.dataclass(OptimizerConfig, section, f"optimizers.{name}")
+        for name, section in optimizers.items()
+    }
+    rest = {key: value for key, value in params.items() if key != "optimizers"}
+    config = validator.dataclass(
+        Config, rest, "", optimizers=_frozen(sections), raw=_frozen(params)
+    )
+    _check_ranges(config, validator.fail)
+    if check_names:
+        _check_names(config, validator.fail)
+    return config
+
+
+def load_config(path: str | Path = "params.yaml", *, check_names: bool = True) -> Config:
+    """Read and validate ``path``; :class:`ConfigError` (a ValueError) names the first bad key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the params file ({error.strerror})") from None
+    try:
+        params = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return parse_config(params, str(path), check_names=check_names)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when available, else ``cpu``; ``cuda`` without CUDA is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("params.yaml: device: 'cuda' requested but CUDA is not available")
+    return device

@@ -1,0 +1,71 @@
+"""Prepare stage: the data sets of the params' problems → ``results/<profile>/data/<dataset>.npz``.
+
+    python -m bench.prepare [--params params.yaml] [--results results]
+
+Loads each data set once with :func:`bench.data.load_arrays` (embedded data offline; full data
+sets through the HuggingFace hub for the paper profile), keeps the first ``prepare.max_train``
+training and ``prepare.max_test`` test examples when set (the splits are already shuffled and
+stratified by ``bench.data``; the validation split is kept whole), and caches the arrays as an
+.npz (atomically, :func:`bench.data.save_splits`). The directory is the stage's DVC output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from bench.config import Config, load_config
+
+
+def datasets(config: Config) -> list[str]:
+    """The data sets of the params' problems, in first-use order, without repeats."""
+    from bench.problems import get_problem
+
+    names: list[str] = []
+    for problem in config.problems:
+        dataset = get_problem(problem).dataset
+        if dataset not in names:
+            names.append(dataset)
+    return names
+
+
+def truncate(splits: Any, max_train: int | None, max_test: int | None) -> Any:
+    """``splits`` with at most ``max_train`` training and ``max_test`` test examples."""
+    changes = {}
+    if max_train is not None:
+        changes |= {"x_train": splits.x_train[:max_train], "y_train": splits.y_train[:max_train]}
+    if max_test is not None:
+        changes |= {"x_test": splits.x_test[:max_test], "y_test": splits.y_test[:max_test]}
+    return dataclasses.replace(splits, **changes) if changes else splits
+
+
+def prepare(config: Config, *, results: str | Path = "results") -> dict[str, Path]:
+    """Write the .npz of every data set of ``config``; return {dataset: path}."""
+    from bench.data import load_arrays, save_splits
+
+    written = {}
+    for name in datasets(config):
+        splits = load_arrays(name, seed=config.prepare.seed)
+        splits = truncate(splits, config.prepare.max_train, config.prepare.max_test)
+        path = config.data_path(name, results)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_splits(splits, path)
+        written[name] = path
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    args = parser.parse_args(argv)
+    config = load_config(args.params)
+    for name, path in prepare(config, results=args.results).items():
+        print(f"prepare: {name} → {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,520 @@
+"""PartitionedNewton (METHOD.md §4–§6): known methods, invariance, safety, state, a smoke training.
+
+Numbers are compared in float64 against closed forms (Newton's and Cauchy's steps on a quadratic)
+or against ``reference.reference_derivatives`` (torch.autograd.functional) fed to the solver.
+Every test takes the ``seed`` fixture (fresh; replay with HOBENCH_SEED=<seed>).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference import reference_derivatives, relative_error
+from torch import nn
+
+from optimizers.derivatives import functional_loss
+from optimizers.partition import per_tensor, single
+from optimizers.partitioned_newton import GLOBAL, PartitionedNewton
+from optimizers.proposals import adam_direction, momentum_direction
+from optimizers.subspace import subspace_step
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+DT = torch.float64
+
+
+# ------------------------------------------------------------------ problems
+class Coordinates(nn.Module):
+    """θ ∈ R^P stored as P scalar parameters ``x.0 … x.{P-1}`` (one subset each per_tensor)."""
+
+    def __init__(self, values: torch.Tensor):
+        super().__init__()
+        self.x = nn.ParameterList([nn.Parameter(v.clone()) for v in values])
+
+    def vector(self) -> torch.Tensor:
+        return torch.stack(list(self.x))
+
+
+def quadratic(A: torch.Tensor, b: torch.Tensor):
+    """L(θ) = ½ θᵀAθ − bᵀθ as a function of the named scalars of :class:`Coordinates`."""
+
+    def loss(params):
+        theta = torch.stack([params[f"x.{i}"] for i in range(len(b))])
+        return 0.5 * theta @ A @ theta - b @ theta
+
+    return loss
+
+
+def closure_for(model, optimizer, loss_fn):
+    def closure():
+        optimizer.zero_grad()
+        loss = loss_fn(dict(model.named_parameters()))
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def spd(gen, size):
+    M = torch.randn(size, size, generator=gen, dtype=DT)
+    return M @ M.T + size * torch.eye(size, dtype=DT)
+
+
+def mlp(gen, sizes=(4, 5, 3)):
+    model = nn.Sequential(nn.Linear(sizes[0], sizes[1]), nn.Tanh(), nn.Linear(sizes[1], sizes[2]))
+    model = model.to(DT)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=DT))
+    return model
+
+
+def batches(gen, count, size=12, features=4, classes=3):
+    return [
+        (
+            torch.randn(size, features, generator=gen, dtype=DT),
+            torch.randint(0, classes, (size,), generator=gen),
+        )
+        for _ in range(count)
+    ]
+
+
+def train(model, optimizer, data, curvature_data, steps, start=0):
+    """Steps start … start + steps − 1 of ``optimizer`` on cycled batches; returns the losses."""
+    losses = []
+    for t in range(start, start + steps):
+        x, y = data[t % len(data)]
+
+        def closure(x=x, y=y):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        if isinstance(optimizer, PartitionedNewton):
+            x2, y2 = curvature_data[t % len(curvature_data)]
+            curvature = functional_loss(model, F.cross_entropy, x2, y2)
+            losses.append(float(optimizer.step(closure, curvature).detach()))
+        else:
+            losses.append(float(optimizer.step(closure).detach()))
+    return losses
+
+
+# ------------------------------------------------------------------ known methods
+@pytest.mark.parametrize("remove_negative", [False, True])
+def test_newton_step_single_coordinates(seed, remove_negative):
+    """u = g, one subset per coordinate, λ1 = 1, λ_int = 0: η = H̄⁻¹ḡ is Newton's step, so one
+    step lands on θ* = A⁻¹b; with clipping, θ1 = θ0 − max(η, 0) ∘ g, η_s = (θ0 − θ*)_s / g_s."""
+    gen = torch.Generator().manual_seed(seed)
+    size = 6
+    A, b = spd(gen, size), torch.randn(size, generator=gen, dtype=DT)
+    theta0 = torch.randn(size, generator=gen, dtype=DT)
+    model = Coordinates(theta0)
+    loss = quadratic(A, b)
+    optimizer = PartitionedNewton.from_model(
+        model, lr=1.0, lambda_int=0.0, proposal="gradient", update_every=1, warmup=0,
+        average=1, remove_negative=remove_negative,
+    )  # fmt: skip
+    optimizer.step(closure_for(model, optimizer, loss), loss)
+    minimiser = torch.linalg.solve(A, b)
+    gradient = A @ theta0 - b
+    eta = (theta0 - minimiser) / gradient
+    expected = theta0 - (eta.clamp(min=0) if remove_negative else eta) * gradient
+    assert relative_error(model.vector().detach(), expected) <= 1e-10
+    if not remove_negative:
+        assert relative_error(model.vector().detach(), minimiser) <= 1e-10
+    record = optimizer.last_diagnostics
+    assert record["event"] == "solved" and record["status"] == "newton"
+    used = eta.clamp(min=0) if remove_negative else eta
+    assert relative_error(torch.tensor(record["eta"], dtype=DT), used) <= 1e-10
+
+
+def test_cauchy_step_single_subset(seed):
+    """S = 1, λ_int = 0, u = g: η = gᵀg / gᵀAg, Cauchy's exact steepest-descent step."""
+    gen = torch.Generator().manual_seed(seed)
+    size = 5
+    A, b = spd(gen, size), torch.randn(size, generator=gen, dtype=DT)
+    theta0 = torch.randn(size, generator=gen, dtype=DT)
+    model = Coordinates(theta0)
+    loss = quadratic(A, b)
+    optimizer = PartitionedNewton.from_model(
+        model, partition=single, lr=1.0, lambda_int=0.0, proposal="gradient", update_every=1,
+        warmup=0, average=1,
+    )  # fmt: skip
+    optimizer.step(closure_for(model, optimizer, loss), loss)
+    g = A @ theta0 - b
+    expected = theta0 - (g @ g) / (g @ A @ g) * g
+    assert relative_error(model.vector().detach(), expected) <= 1e-12
+
+
+@pytest.mark.parametrize("curvature", ["full", "diagonal"])
+@pytest.mark.parametrize("lambda_int", [0.0, 1.0])
+def test_step_equals_reference_solve_of_averaged_estimates(seed, curvature, lambda_int):
+    """Warm-up then one solved step: η = subspace_step(mean ḡ, mean H̄ (or its diagonal),
+    |mean D^3|^(1/3), λ_int) from two estimates computed by torch.autograd.functional, and
+    θ1 = θ0 − λ1 η ∘ u (clipping off). d is taken after averaging the signed D^3. With λ_int = 0
+    the model is linear (softmax regression: convex, so H̄ ≻ 0 and Newton's step exists)."""
+    gen = torch.Generator().manual_seed(seed)
+    model = mlp(gen)
+    if lambda_int == 0:
+        model = nn.Sequential(nn.Linear(4, 3)).to(DT)
+    data, curvature_data = batches(gen, 2), batches(gen, 2)
+    lr = 0.7
+    optimizer = PartitionedNewton.from_model(
+        model, lr=lr, lambda_int=lambda_int, proposal="gradient", update_every=1, warmup=1,
+        average=2, remove_negative=False, curvature=curvature,
+    )  # fmt: skip
+    theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    groups = per_tensor(model)
+    estimates, directions = [], None
+    for t in range(2):  # both estimates at θ0: the warm-up step does not move
+        x, y = data[t]
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+        directions = dict(zip(theta0, grads, strict=True))
+        x2, y2 = curvature_data[t]
+        loss_fn = functional_loss(model, F.cross_entropy, x2, y2)
+        estimates.append(reference_derivatives(loss_fn, theta0, groups, directions, order=3))
+    g = (estimates[0][0] + estimates[1][0]) / 2
+    H = (estimates[0][1] + estimates[1][1]) / 2
+    third = (_diag3(estimates[0][2]) + _diag3(estimates[1][2])) / 2  # signed, then averaged
+    if curvature == "diagonal":
+        H = torch.diag(torch.diagonal(H))
+    d = third.abs().pow(1 / 3) if lambda_int > 0 else None
+    solution = subspace_step(g, H, d, lambda_int)
+    assert solution.ok, solution.status
+    train(model, optimizer, data, curvature_data, 2)
+    for s, (name, param) in enumerate(model.named_parameters()):
+        expected = theta0[name] - lr * solution.eta[s] * directions[name]
+        assert relative_error(param.detach(), expected) <= 1e-9, name
+    records = optimizer.diagnostics
+    assert [r["event"] for r in records] == ["warmup", "solved"]
+
+
+def _diag3(D3: torch.Tensor) -> torch.Tensor:
+    return torch.stack([D3[s, s, s] for s in range(D3.shape[0])])
+
+
+# ------------------------------------------------------------------ invariance (METHOD.md §6)
+class Reparameterised(nn.Module):
+    """θ_s = a_s θ̃_s + b_s for every tensor of ``base``; the parameters are θ̃ (``0_weight``…)."""
+
+    def __init__(self, base: nn.Module, scales: dict, shifts: dict):
+        super().__init__()
+        object.__setattr__(self, "base", base)  # not a submodule: its parameters are not ours
+        self.scales, self.shifts = scales, shifts
+        self.tilde = nn.ParameterDict(
+            {
+                n.replace(".", "_"): nn.Parameter((p.detach() - shifts[n]) / scales[n])
+                for n, p in base.named_parameters()
+            }
+        )
+
+    def mapped(self) -> dict:
+        return {
+            n: self.scales[n] * self.tilde[n.replace(".", "_")] + self.shifts[n]
+            for n in self.scales
+        }
+
+    def forward(self, x):
+        return torch.func.functional_call(self.base, self.mapped(), (x,))
+
+
+def _pair(seed, convex=False):
+    """A model and its reparameterised copy. ``convex``: softmax regression (H̄ ≻ 0, so the
+    order-2 step always exists) instead of the tanh MLP."""
+    gen = torch.Generator().manual_seed(seed)
+    base = mlp(gen) if not convex else nn.Sequential(nn.Linear(4, 3)).to(DT)
+    scales = {
+        n: float(10 ** (2 * torch.rand((), generator=gen, dtype=DT) - 1))
+        for n, _ in base.named_parameters()
+    }
+    shifts = {n: torch.randn(p.shape, generator=gen, dtype=DT) for n, p in base.named_parameters()}
+    wrapped = Reparameterised(copy.deepcopy(base), scales, shifts)
+    return base, wrapped, batches(gen, 3), batches(gen, 3)
+
+
+def _deviation(base, wrapped) -> float:
+    mapped = wrapped.mapped()
+    return max(relative_error(p.detach(), mapped[n].detach()) for n, p in base.named_parameters())
+
+
+INVARIANT = {"lr": 0.3, "update_every": 2, "warmup": 1, "average": 2}
+
+
+@pytest.mark.parametrize("lambda_int", [0.0, 1.0])
+@pytest.mark.parametrize("proposal", ["gradient", "momentum"])
+def test_invariance_to_per_subset_affine_maps(seed, proposal, lambda_int):
+    base, wrapped, data, curvature_data = _pair(seed, convex=lambda_int == 0)
+    start = {n: p.detach().clone() for n, p in base.named_parameters()}
+    assert _deviation(base, wrapped) <= 1e-12
+    options = dict(INVARIANT, proposal=proposal, lambda_int=lambda_int)
+    ours = PartitionedNewton.from_model(base, **options)
+    theirs = PartitionedNewton.from_model(wrapped, **options)
+    for t in range(24):
+        train(base, ours, data, curvature_data, 1, start=t)
+        train(wrapped, theirs, data, curvature_data, 1, start=t)
+        assert _deviation(base, wrapped) <= 1e-9, f"step {t}"
+    moved = max(relative_error(p.detach(), start[n]) for n, p in base.named_parameters())
+    assert moved > 1e-2, "the weights barely moved: the test would not see a difference"
+    assert ours.state[GLOBAL]["status_counts"] == theirs.state[GLOBAL]["status_counts"]
+
+
+@pytest.mark.parametrize("method", ["sgd", "cauchy"])
+def test_sgd_and_cauchy_step_are_not_invariant(seed, method):
+    base, wrapped, data, curvature_data = _pair(seed)
+
+    def make(model):
+        if method == "sgd":
+            return torch.optim.SGD(model.parameters(), lr=0.1)
+        return PartitionedNewton.from_model(
+            model, partition=single, proposal="gradient", lambda_int=0.0, **INVARIANT
+        )
+
+    train(base, make(base), data, curvature_data, 24)
+    train(wrapped, make(wrapped), data, curvature_data, 24)
+    assert _deviation(base, wrapped) > 1e-3
+
+
+# ------------------------------------------------------------------ hyperparameters, errors
+BAD = [
+    ("lr", -0.1), ("lr", math.nan), ("lambda_int", -1.0), ("update_every", 0),
+    ("update_every", 2.5), ("average", 0), ("warmup", -1), ("proposal", "lbfgs"),
+    ("momentum", 1.0), ("dampening", -0.5), ("betas", (0.9, 1.5)), ("betas", 0.9),
+    ("eps", 0.0), ("remove_negative", "yes"), ("curvature", "block"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "value"), BAD)
+def test_bad_hyperparameters_raise_value_error_naming_the_value(name, value):
+    model = nn.Linear(2, 1)
+    with pytest.raises(ValueError, match=name) as error:
+        PartitionedNewton.from_model(model, **{name: value})
+    assert repr(value) in str(error.value) or str(value) in str(error.value)
+
+
+def test_groups_need_names_and_curvature_loss_is_required_at_recomputations():
+    model = nn.Linear(2, 1)
+    with pytest.raises(ValueError, match="names"):
+        PartitionedNewton([{"params": list(model.parameters())}])
+    optimizer = PartitionedNewton.from_model(model, update_every=3)
+    x, y = torch.randn(4, 2), torch.randn(4, 1)
+    loss_fn = lambda params: F.mse_loss(torch.func.functional_call(model, params, (x,)), y)
+    closure = closure_for(model, optimizer, loss_fn)
+    schedule = []
+    for _ in range(7):
+        schedule.append(optimizer.needs_curvature)
+        if optimizer.needs_curvature:
+            with pytest.raises(ValueError, match="curvature_loss"):
+                optimizer.step(closure)
+        optimizer.step(closure, loss_fn if optimizer.needs_curvature else None)
+    assert schedule == [True, False, False, True, False, False, True]
+    with pytest.raises(ValueError, match="closure"):
+        optimizer.step(None)
+
+
+# ------------------------------------------------------------------ safety
+@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize("what", ["loss", "gradient"])
+def test_non_finite_loss_or_gradient_leaves_weights_and_buffers_unchanged(seed, what, mask,
+                                                                          monkeypatch):  # fmt: skip
+    monkeypatch.setattr(PartitionedNewton, "_always_mask", mask)
+    gen = torch.Generator().manual_seed(seed)
+    model = mlp(gen)
+    data, curvature_data = batches(gen, 2), batches(gen, 2)
+    optimizer = PartitionedNewton.from_model(model, update_every=3, warmup=0, average=1)
+    train(model, optimizer, data, curvature_data, 4)  # η exists, buffers filled
+    assert optimizer.state[GLOBAL]["eta"] is not None
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buffers = {n: optimizer.state[p]["momentum_buffer"].clone() for n, p in
+               model.named_parameters()}  # fmt: skip
+    x, y = data[0]
+
+    def bad_closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        if what == "gradient":
+            model[0].weight.grad[0, 0] = math.inf
+            return loss
+        return loss * math.nan
+
+    for _ in range(3):  # the third is a recomputation: its estimate is skipped too
+        optimizer.step(bad_closure, functional_loss(model, F.cross_entropy, *curvature_data[0]))
+    glob = optimizer.state[GLOBAL]
+    assert float(glob["skipped_steps"]) == 3
+    assert glob["skipped_estimates"] == 1
+    assert optimizer.last_diagnostics["event"] == "non_finite_gradient"
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[n]), n
+        assert torch.equal(optimizer.state[p]["momentum_buffer"], buffers[n]), n
+    train(model, optimizer, data, curvature_data, 1)  # and it goes on
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_masked_path_equals_host_path(seed, monkeypatch):
+    """The accelerator path (no flag read, updates masked) gives the CPU path's trajectory."""
+    results = []
+    for mask in (False, True):
+        monkeypatch.setattr(PartitionedNewton, "_always_mask", mask)
+        gen = torch.Generator().manual_seed(seed)
+        model = mlp(gen)
+        data, curvature_data = batches(gen, 2), batches(gen, 2)
+        optimizer = PartitionedNewton.from_model(model, update_every=2, warmup=1, average=2,
+                                                 proposal="adam")  # fmt: skip
+        train(model, optimizer, data, curvature_data, 9)
+        results.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    assert relative_error(results[1], results[0]) <= 1e-12
+
+
+def test_non_finite_curvature_and_failed_solve_keep_the_previous_eta(seed):
+    gen = torch.Generator().manual_seed(seed)
+    size = 4
+    A, b = spd(gen, size), torch.randn(size, generator=gen, dtype=DT)
+    model = Coordinates(torch.randn(size, generator=gen, dtype=DT))
+    loss = quadratic(A, b)
+    optimizer = PartitionedNewton.from_model(
+        model, lr=0.5, lambda_int=0.0, update_every=1, warmup=0, average=1
+    )
+    closure = closure_for(model, optimizer, loss)
+    optimizer.step(closure, loss)
+    eta = optimizer.state[GLOBAL]["eta"].clone()
+    optimizer.step(closure, lambda params: loss(params) * math.nan)
+    assert torch.equal(optimizer.state[GLOBAL]["eta"], eta)
+    assert optimizer.state[GLOBAL]["skipped_estimates"] == 1
+    assert optimizer.last_diagnostics["event"] == "non_finite_curvature"
+    optimizer.step(closure, lambda params: -loss(params))  # H̄ ≺ 0: Newton cannot solve
+    assert torch.equal(optimizer.state[GLOBAL]["eta"], eta)
+    assert optimizer.state[GLOBAL]["failed_solves"] == 1
+    assert optimizer.state[GLOBAL]["status_counts"]["not_positive_definite"] == 1
+    assert optimizer.last_diagnostics["event"] == "failed"
+
+
+def test_no_step_before_a_solved_eta():
+    model = Coordinates(torch.tensor([1.0, -2.0], dtype=DT))
+    loss = quadratic(-torch.eye(2, dtype=DT), torch.zeros(2, dtype=DT))  # concave: no solve
+    optimizer = PartitionedNewton.from_model(model, lambda_int=0.0, update_every=1, warmup=0)
+    for _ in range(3):
+        optimizer.step(closure_for(model, optimizer, loss), loss)
+    assert torch.equal(model.vector().detach(), torch.tensor([1.0, -2.0], dtype=DT))
+    assert optimizer.state[GLOBAL]["failed_solves"] == 3
+
+
+# ------------------------------------------------------------------ state
+@pytest.mark.parametrize("proposal", ["momentum", "adam", "gradient"])
+def test_state_dict_round_trip_is_bitwise(seed, proposal):
+    options = {"update_every": 3, "warmup": 1, "average": 2, "proposal": proposal}
+
+    def fresh():
+        gen = torch.Generator().manual_seed(seed)
+        model = mlp(gen)
+        optimizer = PartitionedNewton.from_model(model, **options)
+        return model, optimizer, batches(gen, 4), batches(gen, 3)
+
+    model, optimizer, data, curvature_data = fresh()
+    train(model, optimizer, data, curvature_data, 17)
+    expected = [p.detach().clone() for p in model.parameters()]
+
+    model, optimizer, data, curvature_data = fresh()
+    train(model, optimizer, data, curvature_data, 8)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer)  # weights_only: the state is plain data
+    model, optimizer, data, curvature_data = fresh()
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    assert optimizer.state[GLOBAL]["step"] == 8
+    train(model, optimizer, data, curvature_data, 9, start=8)
+    for got, want in zip(model.parameters(), expected, strict=True):
+        assert torch.equal(got.detach(), want)
+
+
+def test_load_state_dict_rejects_other_subsets():
+    model = nn.Linear(2, 1)
+    saved = PartitionedNewton.from_model(model).state_dict()
+    other = PartitionedNewton.from_model(model, partition=[["bias"], ["weight"]])
+    with pytest.raises(ValueError, match="subsets"):
+        other.load_state_dict(saved)
+
+
+def test_learning_rate_is_per_group_and_scales_the_step(seed):
+    """Halving a group's lr (what ReduceLROnPlateau does to λ1) halves that subset's step."""
+    steps = []
+    for factor in (1.0, 0.5):
+        gen = torch.Generator().manual_seed(seed)
+        model = mlp(gen)
+        data, curvature_data = batches(gen, 1), batches(gen, 1)
+        optimizer = PartitionedNewton.from_model(model, update_every=5, warmup=0, average=1)
+        train(model, optimizer, data, curvature_data, 1)
+        before = [p.detach().clone() for p in model.parameters()]
+        for group in optimizer.param_groups:
+            group["lr"] *= factor
+        train(model, optimizer, data, curvature_data, 1)
+        steps.append([p.detach() - q for p, q in zip(model.parameters(), before, strict=True)])
+    for full, half in zip(*steps, strict=True):
+        assert relative_error(half, 0.5 * full) <= 1e-12
+
+
+# ------------------------------------------------------------------ direction rules
+def test_adam_direction_is_torch_adam_step_over_lr(seed):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(3, 2), (4,)]
+    params = [torch.randn(s, generator=gen, dtype=DT) for s in shapes]
+    copies = [p.clone().requires_grad_() for p in params]
+    adam = torch.optim.Adam(copies, lr=1e-3, betas=(0.8, 0.99), eps=1e-6)
+    exp_avgs = [torch.zeros_like(p) for p in params]
+    exp_avg_sqs = [torch.zeros_like(p) for p in params]
+    count = torch.zeros((), dtype=DT)
+    for _ in range(4):
+        grads = [torch.randn(s, generator=gen, dtype=DT) for s in shapes]
+        before = [c.detach().clone() for c in copies]
+        for c, g in zip(copies, grads, strict=True):
+            c.grad = g.clone()
+        adam.step()
+        u = adam_direction(grads, exp_avgs, exp_avg_sqs, count, (0.8, 0.99), 1e-6)
+        for c, b, direction in zip(copies, before, u, strict=True):
+            assert relative_error((b - c.detach()) / 1e-3, direction) <= 1e-10
+
+
+def test_momentum_direction_recursion_and_skip(seed):
+    gen = torch.Generator().manual_seed(seed)
+    grads = [[torch.randn(3, generator=gen, dtype=DT)] for _ in range(3)]
+    buffers = [torch.zeros(3, dtype=DT)]
+    expected = torch.zeros(3, dtype=DT)
+    for g in grads:
+        expected = 0.9 * expected + 0.75 * g[0]
+        u = momentum_direction(g, buffers, 0.9, 0.25)
+    assert relative_error(u[0], expected) <= 1e-15
+    kept = buffers[0].clone()
+    momentum_direction([torch.zeros(3, dtype=DT)], buffers, 0.9, 0.25, torch.zeros((), dtype=DT))
+    assert torch.equal(buffers[0], kept)
+
+
+# ------------------------------------------------------------------ smoke training
+def test_training_on_digits_beats_sgd_at_equal_steps():
+    """Smoke test (not correctness): 60 steps of a tanh MLP on sklearn's digits."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.data, dtype=torch.float32)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-3)
+    y = torch.tensor(digits.target)
+    data = [(x[i : i + 100], y[i : i + 100]) for i in range(0, 1500, 100)]
+    curvature_data = [(x[1500 + i : 1600 + i], y[1500 + i : 1600 + i]) for i in (0, 100)]
+    losses = {}
+    for name in ("sgd", "ours"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
+        optimizer = (
+            torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            if name == "sgd"
+            else PartitionedNewton.from_model(model, lr=0.3, update_every=5, warmup=1)
+        )
+        train(model, optimizer, data, curvature_data, 60)
+        with torch.no_grad():
+            losses[name] = F.cross_entropy(model(x[:1500]), y[:1500]).item()
+    assert losses["ours"] < losses["sgd"], losses

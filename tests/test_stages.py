@@ -1,0 +1,428 @@
+"""The pipeline stages on a tiny grid in tmp_path, and the training loop's mechanics.
+
+Loop mechanics (epoch-0 row, re-evaluated training loss, divergence, plateau halving of λ1, the
+unshuffled cycled curvature batches, bitwise resume) are checked with a small recording optimizer
+that implements the TrainingOptimizer contract with plain SGD; the stages (prepare → tune → train,
+kill and resume) run the real problems and registry on ``digits_mlp`` with 2 epochs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from bench.config import PlateauConfig, parse_config
+from bench.loop import CyclicBatches, RunSettings, evaluate, run_training, stream_seed
+
+TINY_PARAMS = {
+    "profile": "tiny",
+    "device": "cpu",
+    "problems": ["digits_mlp"],
+    "seeds": [0],
+    "optimizers": {
+        "sgd": {"hyperparameters": {}, "grid": {"lr": [0.01, 0.1]}},
+        "partitioned_newton": {"hyperparameters": {}, "grid": {"lr": [0.1]}},
+    },
+    "prepare": {"seed": 0, "max_train": 300, "max_test": 200},
+    "tune": {"seed": 1000, "epochs_fraction": 0.5},
+    "train": {
+        "epochs": 2,
+        "batch_size": 50,
+        "curvature_batch_size": 50,
+        "eval_batch_size": 500,
+        "threads": 1,
+        "deterministic": True,
+        "progress": False,
+        "divergence_factor": 100.0,
+        "checkpoint_dir": ".checkpoints",
+        "plateau": {"threshold": 1e-4, "patience": 2, "factor": 0.5, "scope": "ours"},
+        "probe": {"optimizers": ["sgd"], "every": 3, "batch_size": 50},
+    },
+    "aggregate": {"train_loss_target": {}},
+    "report": {},
+}
+
+
+def tiny_params(tmp_path: Path, **changes) -> dict:
+    """TINY_PARAMS with checkpoints under tmp_path and top-level ``changes``."""
+    params = copy.deepcopy(TINY_PARAMS)
+    params["train"]["checkpoint_dir"] = str(tmp_path / ".checkpoints")
+    params.update(changes)
+    return params
+
+
+def write_params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+# --------------------------------------------------------------------------- loop mechanics
+class RecordingSGD:
+    """Plain SGD (θ ← θ − lr ∇L) honouring the TrainingOptimizer contract; records what it gets.
+
+    ``blow_up``: multiply the weights by this factor after each step (to force divergence);
+    ``frozen``: never change the weights (a stalled training loss)."""
+
+    name = "recording_sgd"
+
+    def __init__(self, model, lr=0.1, *, curvature=False, blow_up=None, frozen=False):
+        self.model, self._lr, self.needs_curvature_batch = model, lr, curvature
+        self.blow_up, self.frozen = blow_up, frozen
+        self.curvature_batches: list[torch.Tensor] = []
+        self.steps = 0
+
+    @property
+    def lr(self) -> float:
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._lr = float(value)
+
+    def step(self, batch, curvature_batch=None):
+        if self.needs_curvature_batch:
+            self.curvature_batches.append(curvature_batch[0].clone())
+        else:
+            assert curvature_batch is None
+        inputs, targets = batch
+        loss = nn.functional.cross_entropy(self.model(inputs), targets)
+        self.model.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            for parameter in self.model.parameters():
+                if not self.frozen:
+                    parameter -= self._lr * parameter.grad
+                if self.blow_up is not None:
+                    parameter *= self.blow_up
+        self.steps += 1
+        return loss.detach()
+
+    def state_dict(self):
+        return {"lr": self._lr, "steps": self.steps}
+
+    def load_state_dict(self, state):
+        self._lr, self.steps = state["lr"], state["steps"]
+
+    def diagnostics(self):
+        return {"steps_seen": float(self.steps)}
+
+
+def toy_problem(seed: int, n: int = 120, features: int = 5, classes: int = 3):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=generator)
+    y = torch.randint(0, classes, (n,), generator=generator)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(features, 8), nn.Tanh(), nn.Linear(8, classes))
+
+    def batches(epoch: int):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        for start in range(0, n, 20):
+            rows = order[start : start + 20]
+            yield x[rows], y[rows]
+
+    return model, batches, (x, y)
+
+
+def settings(**changes) -> RunSettings:
+    values = {"epochs": 3, "batch_size": 20, "curvature_batch_size": 16, "eval_batch_size": 50}
+    return RunSettings(**(values | changes))
+
+
+def test_history_rows_and_reevaluated_training_loss(seed):
+    model, batches, split = toy_problem(seed)
+    initial_loss, _ = evaluate(copy.deepcopy(model), nn.functional.cross_entropy, *split, 7)
+    optimizer = RecordingSGD(model, lr=0.05)
+    result = run_training(model, optimizer, batches, split, split, seed=seed, settings=settings())
+    assert [r["epoch"] for r in result.history] == [0, 1, 2, 3]
+    assert [r["step"] for r in result.history] == [0, 6, 12, 18]
+    # Epoch 0 is before training; each row's loss is the whole split's, at the end of the epoch.
+    assert result.history[0]["train_loss"] == pytest.approx(initial_loss, rel=1e-6)
+    final_loss, final_accuracy = evaluate(model, nn.functional.cross_entropy, *split, 1000)
+    assert result.history[-1]["train_loss"] == pytest.approx(final_loss, rel=1e-6)
+    assert result.history[-1]["test_accuracy"] == pytest.approx(final_accuracy)
+    assert result.history[-1]["diag/steps_seen"] == 18.0
+    assert [r["diverged"] for r in result.history] == [0, 0, 0, 0]
+    clocks = [r["wall_clock"] for r in result.history]
+    assert clocks[0] == 0.0 and all(b >= a for a, b in zip(clocks, clocks[1:], strict=False))
+    assert not result.diverged and result.diverged_epoch is None and result.steps == 18
+
+
+@pytest.mark.parametrize("blow_up", [1e3, math.inf])
+def test_divergence_is_recorded_and_training_stops(seed, blow_up):
+    model, batches, split = toy_problem(seed)
+    optimizer = RecordingSGD(model, lr=0.05, blow_up=blow_up)
+    result = run_training(model, optimizer, batches, split, split, seed=seed, settings=settings())
+    assert result.diverged and result.diverged_epoch == 1
+    assert [r["diverged"] for r in result.history] == [0, 1]
+    last = result.history[-1]["train_loss"]  # the value at divergence, kept as it is
+    assert not math.isfinite(last) or last > 100 * result.history[0]["train_loss"]
+    if blow_up == math.inf:  # a non-finite minibatch loss stops the epoch at once
+        assert result.steps <= 2
+
+
+@pytest.mark.parametrize(
+    ("scope", "curvature", "halves"),
+    [("all", False, True), ("ours", True, True), ("ours", False, False), ("none", True, False)],
+)
+def test_plateau_halves_lr_after_patience_stalled_epochs(seed, scope, curvature, halves):
+    model, batches, split = toy_problem(seed)
+    optimizer = RecordingSGD(model, lr=1.0, curvature=curvature, frozen=True)
+    plateau = PlateauConfig(threshold=1e-4, patience=2, factor=0.5, scope=scope)
+    run = settings(epochs=6, plateau=plateau)
+    result = run_training(model, optimizer, batches, split, split, seed=seed, settings=run)
+    lrs = [r["lr"] for r in result.history]  # the lr used during each epoch
+    expected = [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25] if halves else [1.0] * 7
+    assert lrs == expected
+
+
+def test_curvature_batches_walk_the_training_split_unshuffled_and_cycle(seed):
+    model, batches, (x, y) = toy_problem(seed, n=50)
+    optimizer = RecordingSGD(model, lr=0.01, curvature=True)
+    run = settings(epochs=2, curvature_batch_size=16)
+    run_training(model, optimizer, batches, (x, y), (x, y), seed=seed, settings=run)
+    offset = stream_seed(seed, "curvature") % 50
+    assert len(optimizer.curvature_batches) == 6  # one per step, 3 steps per epoch
+    for k, received in enumerate(optimizer.curvature_batches):
+        rows = (offset + k * 16 + np.arange(16)) % 50
+        torch.testing.assert_close(received, x[torch.as_tensor(rows)], rtol=0, atol=0)
+    # Same batches whatever the epoch's shuffling: they only depend on the step count.
+    assert CyclicBatches(x, y, 16, offset).batch(5)[0].equal(optimizer.curvature_batches[5])
+
+
+def test_resume_from_checkpoint_is_bitwise_identical(seed, tmp_path):
+    def train(checkpoint, on_epoch_end=None):
+        model, batches, split = toy_problem(seed)
+        optimizer = RecordingSGD(model, lr=0.1)
+        run = settings(epochs=3)
+        return run_training(
+            model, optimizer, batches, split, split, seed=seed, settings=run,
+            checkpoint=checkpoint, fingerprint="f", on_epoch_end=on_epoch_end,
+        )  # fmt: skip
+
+    uninterrupted = train(None)
+
+    def kill(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt("killed after epoch 1")
+
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(checkpoint, kill)
+    assert checkpoint.is_file()
+    resumed = train(checkpoint)
+    assert resumed.resumed_from == 1
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_clock"} for r in rows]
+    assert strip(resumed.history) == strip(uninterrupted.history)
+
+
+# --------------------------------------------------------------------------- the stages
+@pytest.fixture
+def tiny(tmp_path):
+    """(config, results dir) of the tiny grid, with prepare already run."""
+    from bench.prepare import prepare
+
+    config = parse_config(tiny_params(tmp_path))
+    results = tmp_path / "results"
+    written = prepare(config, results=results)
+    return config, results, written
+
+
+def test_prepare_writes_the_cut_data_sets(tiny):
+    from bench.data import load_splits
+
+    config, results, written = tiny
+    assert list(written) == ["digits"] or len(written) == 1
+    path = next(iter(written.values()))
+    assert path.parent == results / "tiny" / "data" and path.suffix == ".npz"
+    splits = load_splits(path)
+    assert len(splits.x_train) == 300 and len(splits.y_train) == 300
+    assert len(splits.x_test) == 200 and len(splits.x_valid) > 0
+
+
+def test_tune_cell_writes_grid_best_and_protocol(tiny):
+    from bench.tune import tune_cell
+
+    config, results, _ = tiny
+    output = tune_cell(config, "digits_mlp", "sgd", results=results)
+    path = results / "tiny" / "tune" / "digits_mlp" / "sgd.json"
+    assert json.loads(path.read_text()) == json.loads(json.dumps(output))
+    assert [row["lr"] for row in output["grid"]] == [0.01, 0.1]
+    usable = [r for r in output["grid"] if not r["diverged"]]
+    assert output["best"]["lr"] == min(usable, key=lambda r: r["valid_loss"])["lr"]
+    assert output["epochs"] == 1 and "validation split" in output["protocol"]
+    assert set(output["provenance"]) >= {"git_commit", "params_hash", "torch", "seed", "cpu"}
+
+
+def problem_model(name: str) -> nn.Module:
+    from bench.problems import get_problem
+
+    return get_problem(name).make_model(0)
+
+
+def test_train_cell_writes_history_metrics_and_probe(tiny):
+    from bench.train import train_cell
+    from bench.tune import tune_cell
+
+    config, results, _ = tiny
+    tune_cell(config, "digits_mlp", "sgd", results=results)
+    metrics = train_cell(config, "digits_mlp", "sgd", 0, results=results)
+    run_dir = results / "tiny" / "runs" / "digits_mlp" / "sgd" / "0"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["history.csv", "metrics.json", "probe.csv"]
+    history = pd.read_csv(run_dir / "history.csv")
+    assert list(history.columns[:8]) == [
+        "epoch", "step", "train_loss", "test_loss", "test_accuracy", "wall_clock", "lr", "diverged",
+    ]  # fmt: skip
+    assert history["epoch"].tolist() == [0, 1, 2]
+    on_disk = json.loads((run_dir / "metrics.json").read_text())
+    assert on_disk["final_train_loss"] == pytest.approx(history["train_loss"].iloc[-1])
+    assert on_disk["steps"] == history["step"].iloc[-1] == metrics["steps"] == 12
+    assert on_disk["hyperparameters"]["lr"] in (0.01, 0.1) and on_disk["diverged"] is False
+    probe = pd.read_csv(run_dir / "probe.csv")
+    assert list(probe.columns) == ["step", "subset", "eta", "ratio", "g", "h", "status"]
+    assert sorted(set(probe["step"])) == [0, 3, 6, 9]  # every 3rd step, counted from 0
+    assert set(probe["subset"]) == {n for n, _ in problem_model("digits_mlp").named_parameters()}
+    assert not config.checkpoint_path("digits_mlp", "sgd", 0).exists()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "partitioned_newton"])
+def test_killed_train_cell_resumes_bitwise(tiny, optimizer, tmp_path):
+    from bench.train import train_cell
+    from bench.tune import tune_cell
+
+    config, results, _ = tiny
+    tune_cell(config, "digits_mlp", optimizer, results=results)
+    run_dir = config.run_dir("digits_mlp", optimizer, 0, results)
+    train_cell(config, "digits_mlp", optimizer, 0, results=results)
+    reference = pd.read_csv(run_dir / "history.csv")
+
+    def kill(epoch):
+        raise KeyboardInterrupt(f"killed after epoch {epoch}")
+
+    import shutil
+
+    shutil.rmtree(run_dir)
+    with pytest.raises(KeyboardInterrupt):
+        train_cell(config, "digits_mlp", optimizer, 0, results=results, on_epoch_end=kill)
+    assert not run_dir.exists()  # no partial result
+    assert not list(run_dir.parent.glob(".*staging*"))
+    assert config.checkpoint_path("digits_mlp", optimizer, 0).is_file()
+    metrics = train_cell(config, "digits_mlp", optimizer, 0, results=results)
+    assert metrics["resumed_from_epoch"] == 1
+    resumed = pd.read_csv(run_dir / "history.csv")
+    pd.testing.assert_frame_equal(
+        resumed.drop(columns="wall_clock"), reference.drop(columns="wall_clock"), check_exact=True
+    )
+
+
+# --------------------------------------------------------------------------- io and provenance
+def test_atomic_json_keeps_the_previous_file_when_writing_fails(tmp_path):
+    from bench.io import read_json, write_json_atomic
+
+    path = tmp_path / "out" / "metrics.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(ValueError):  # strict JSON by default
+        write_json_atomic(path, {"a": math.nan})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})
+    assert read_json(path) == {"a": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temp file left
+    write_json_atomic(path, {"a": math.inf, "b": math.nan}, allow_nan=True)
+    values = read_json(path)
+    assert values["a"] == math.inf and math.isnan(values["b"])
+
+
+def test_provenance_record_has_the_contract_keys(tmp_path):
+    from bench.provenance import params_hash, provenance
+
+    record = provenance(seed=3, device="cpu", threads=2, params={"b": 1, "a": [1, 2]})
+    assert list(record) == [
+        "git_commit", "git_dirty", "params_hash", "torch", "python", "hobench", "numpy",
+        "device", "threads", "seed", "hostname", "cpu", "created",
+    ]  # fmt: skip
+    assert record["seed"] == 3 and record["threads"] == 2 and record["torch"] == torch.__version__
+    assert params_hash({"a": [1, 2], "b": 1}) == record["params_hash"]
+    assert params_hash({"a": [1, 2], "b": 2}) != record["params_hash"]
+    json.dumps(record, allow_nan=False)
+
+
+def test_git_dirty_ignores_pipeline_outputs(tmp_path):
+    import subprocess
+
+    from bench.provenance import git_state
+
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}  # fmt: skip
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, env=env, check=True)
+    assert git_state(tmp_path) == (None, None)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "init")
+    commit, dirty = git_state(tmp_path)
+    assert len(commit) == 40 and dirty is False
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    assert git_state(tmp_path)[1] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_state(tmp_path)[1] is True
+
+
+def test_rows_csv_reads_back_like_the_pandas_writer(tmp_path, seed):
+    from bench.io import write_csv_atomic, write_rows_csv_atomic
+
+    rng = np.random.default_rng(seed)
+    rows = [
+        {"epoch": e, "loss": float(rng.standard_normal() * 10.0 ** rng.integers(-12, 12))}
+        for e in range(5)
+    ]
+    rows[1]["loss"], rows[2]["loss"], rows[3]["loss"] = math.nan, math.inf, -math.inf
+    rows[4]["diag/eta"] = 0.1 + 1e-17 * seed  # a column missing from the other rows
+    columns = ["epoch", "loss", "diag/eta"]
+    write_rows_csv_atomic(tmp_path / "rows.csv", rows, columns)
+    write_csv_atomic(tmp_path / "frame.csv", pd.DataFrame(rows, columns=columns))
+    ours, theirs = pd.read_csv(tmp_path / "rows.csv"), pd.read_csv(tmp_path / "frame.csv")
+    pd.testing.assert_frame_equal(ours, theirs, check_exact=True)
+    assert ours["loss"].iloc[0] == rows[0]["loss"]  # full precision
+
+
+def test_tune_grid_comes_from_the_registry_minus_fixed_axes(tmp_path):
+    from bench.tune import grid_points, search_grid
+    from optimizers.registry import get_spec
+
+    params = tiny_params(tmp_path)
+    params["optimizers"] = {
+        "sgd": {"hyperparameters": {"lr": 0.05}},  # fixed lr: no search
+        "adam": {"grid": None},
+        "kfac": {"hyperparameters": {"damping": 0.2}},
+        "partitioned_newton": {"hyperparameters": {"lambda_int": 3.0}, "grid": {"lr": [0.1, 0.3]}},
+    }
+    config = parse_config(params)
+    assert grid_points(config, "sgd") == [{"lr": 0.05}]
+    assert [p["lr"] for p in grid_points(config, "adam")] == get_spec("adam").lr_grid
+    kfac = grid_points(config, "kfac")
+    assert "damping" not in search_grid(config, "kfac") and len(kfac) == len(
+        get_spec("kfac").lr_grid
+    )
+    assert all(p["damping"] == 0.2 for p in kfac)
+    assert grid_points(config, "partitioned_newton") == [
+        {"lambda_int": 3.0, "lr": 0.1},
+        {"lambda_int": 3.0, "lr": 0.3},
+    ]
+
+
+def test_tune_choice_ignores_diverged_runs():
+    from bench.tune import choose
+
+    row = lambda lr, loss, diverged=False: {"lr": lr, "valid_loss": loss, "diverged": diverged}
+    assert choose([row(0.1, 0.5), row(0.3, 0.01, True), row(0.03, 0.4)]) == (2, False)
+    assert choose([row(0.1, 0.5), row(0.3, math.nan), row(0.03, 0.5)]) == (0, False)  # tie: first
+    assert choose([row(0.1, math.inf, True), row(0.03, math.nan, True)]) == (1, True)
