@@ -229,8 +229,8 @@ def _zero_d(g: np.ndarray, H: np.ndarray, d: np.ndarray, lambda_int: float) -> n
     """A priori: d_s = 0, or ḡ_s ≠ 0, H̄_ss > 0 and λ_int d_s³ |ḡ_s| ≤ ε H̄_ss², or grading
     d_s²/|H̄_ss| ≤ eps · max_t d_t²/|H̄_tt| (over H̄_tt ≠ 0)."""
     diagonal = np.abs(np.diag(H))
-    negligible = lambda_int * d**3 * np.abs(g) <= ZERO_D_TOLERANCE * diagonal**2
-    with np.errstate(divide="ignore"):
+    with np.errstate(over="ignore", under="ignore"):  # inf / 0 products only decide False
+        negligible = lambda_int * d**3 * np.abs(g) <= ZERO_D_TOLERANCE * diagonal**2
         ratio = np.where(diagonal > 0, d**2 / np.where(diagonal > 0, diagonal, 1.0), np.inf)
     finite = ratio[np.isfinite(ratio)]
     graded = ratio <= _EPS * finite.max() if finite.size else np.zeros_like(d, dtype=bool)
