@@ -122,10 +122,13 @@ def projected_derivatives(
     ]
 
     # θ(η): every tensor of subset s moves along its direction, scaled by η_s.
-    shifted = {name: tensor.detach() for name, tensor in params.items()}
-    for eta, group in zip(etas, groups, strict=True):
-        for name in group:
-            shifted[name] = shifted[name] + eta * direction[name].detach()
+    # Built under enable_grad: inside a caller's torch.no_grad() the shift would otherwise
+    # lose its graph and every derivative would silently be zero.
+    with torch.enable_grad():
+        shifted = {name: tensor.detach() for name, tensor in params.items()}
+        for eta, group in zip(etas, groups, strict=True):
+            for name in group:
+                shifted[name] = shifted[name] + eta * direction[name].detach()
 
     with torch.enable_grad(), _preserved_buffers(module), exact_higher_order():
         loss = loss_fn(shifted)

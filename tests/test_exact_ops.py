@@ -44,9 +44,9 @@ def _finite_difference_third(f, x, w, t0, h=1e-3):
 
 
 OPERATORS = {
-    "layer_norm": lambda z: F.layer_norm(z, (3,)),
+    "layer_norm": lambda z: F.layer_norm(z, (8,)),
     "layer_norm_affine": lambda z: F.layer_norm(
-        z, (6, 3), torch.linspace(0.5, 2, 18, dtype=DT).reshape(6, 3), torch.ones(6, 3, dtype=DT)
+        z, (6, 8), torch.linspace(0.5, 2, 48, dtype=DT).reshape(6, 8), torch.ones(6, 8, dtype=DT)
     ),
     "batch_norm_train": lambda z: F.batch_norm(z, None, None, training=True),
     "batch_norm_affine": lambda z: F.batch_norm(
@@ -67,8 +67,8 @@ OPERATORS = {
 def test_third_derivative_matches_finite_differences(name):
     seed = _seed()
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(4, 6, 3, dtype=DT, generator=gen)
-    w = torch.randn(4, 6, 3, dtype=DT, generator=gen)
+    x = torch.randn(4, 6, 8, dtype=DT, generator=gen)
+    w = torch.randn(4, 6, 8, dtype=DT, generator=gen)
     f = OPERATORS[name]
     exact = _third_derivative(f, x, w, 0.2, exact=True)
     reference = _finite_difference_third(f, x, w, 0.2)
@@ -79,8 +79,8 @@ def test_third_derivative_matches_finite_differences(name):
 def test_torch_layer_norm_third_derivative_is_wrong_without_the_mode():
     """Why the mode exists: if torch fixes this, the mode can be retired (this test then fails)."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(4, 6, 3, dtype=DT, generator=gen)
-    w = torch.randn(4, 6, 3, dtype=DT, generator=gen)
+    x = torch.randn(4, 6, 8, dtype=DT, generator=gen)
+    w = torch.randn(4, 6, 8, dtype=DT, generator=gen)
     f = OPERATORS["layer_norm"]
     native = _third_derivative(f, x, w, 0.2, exact=False)
     reference = _finite_difference_third(f, x, w, 0.2)
@@ -137,3 +137,18 @@ def test_attention_with_dropout_is_refused():
     q = torch.randn(1, 2, 3, dtype=DT)
     with exact_higher_order(), pytest.raises(ValueError, match="dropout"):
         F.scaled_dot_product_attention(q, q, q, dropout_p=0.1)
+
+
+def test_engine_works_inside_no_grad():
+    """projected_derivatives called under torch.no_grad() must not silently return zeros."""
+    from optimizers import projected_derivatives
+
+    theta = {"w": torch.tensor([1.0, -2.0], dtype=DT)}
+    u = {"w": torch.tensor([1.0, 1.0], dtype=DT)}
+    loss = lambda p: (p["w"] ** 3).sum()
+    expected = projected_derivatives(loss, theta, [["w"]], u, order=3)
+    with torch.no_grad():
+        got = projected_derivatives(loss, theta, [["w"]], u, order=3)
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a, b)
+    assert expected[0].item() == 3.0 * (1.0 + 4.0)

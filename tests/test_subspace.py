@@ -505,11 +505,22 @@ def test_scaling_law(seed):
 
 
 def test_near_zero_d_decision_is_scale_covariant(seed):
+    """Both the dropped (CUBIC_SINGULAR_D) and the restored (a posteriori) decisions."""
     rng = np.random.default_rng(seed)
     g, H = rng.normal(size=3) + 1.0, random_symmetric(rng, 3, "pd")
-    d = np.array([1.0, 0.5 * (ZERO_D_TOLERANCE * H[1, 1] ** 2 / abs(g[1])) ** (1 / 3), 2.0])
-    a = 10.0 ** rng.uniform(-2, 2, 3)
-    step, other = subspace_step(g, H, d, 1.0), subspace_step(*scaled(g, H, d, a), 1.0)
-    assert step.status is other.status is SolverStatus.CUBIC_SINGULAR_D
-    error = np.linalg.norm(other.eta.numpy() * a**2 - step.eta.numpy()) / np.linalg.norm(step.eta)
-    assert error <= SCALING_TOLERANCE
+    exact = subspace_step(g, H, [1.0, 0.0, 2.0], 1.0)
+    a_priori = (ZERO_D_TOLERANCE * H[1, 1] ** 2 / abs(g[1])) ** (1 / 3)
+    a_posteriori = math.sqrt(DROP_TOLERANCE * H[1, 1] / (0.5 * exact.r))
+    restored_g = g.copy()
+    restored_g[1] = 1e-9
+    restored_d = (ZERO_D_TOLERANCE * H[1, 1] ** 2 / 1e-9) ** (1 / 3) / 2
+    cases = [
+        (g, np.array([1.0, 0.5 * min(a_priori, a_posteriori), 2.0]), SolverStatus.CUBIC_SINGULAR_D),
+        (restored_g, np.array([1.0, restored_d, 2.0]), SolverStatus.CUBIC_POSITIVE_DEFINITE),
+    ]
+    for g, d, status in cases:
+        a = 10.0 ** rng.uniform(-2, 2, 3)
+        step, other = subspace_step(g, H, d, 1.0), subspace_step(*scaled(g, H, d, a), 1.0)
+        assert step.status is other.status is status
+        error = relative_error(other.eta.numpy() * a**2, step.eta.numpy())
+        assert error <= SCALING_TOLERANCE
