@@ -16,10 +16,11 @@ subset per parameter tensor.
 Variants, timed in one process, interleaved (round-robin, order reversed every other round,
 median over rounds): one plain gradient (forward + backward, the unit), the reference at order 2
 and at order 3 diagonal, and the engine at order 2, order 3 diagonal and full order 3. A variant
-whose single run exceeds the per-variant budget is timed in fewer rounds (at least one, after
-its warm-up run). Peak memory: the ``ru_maxrss`` growth of a fresh subprocess running the
-variant once, after building the problem (RSS high-water marks are per process). Before timing,
-the engine and the reference are checked to agree to 1e-12 (relative) in float64.
+whose warm-up run is long for the per-variant budget is timed in fewer rounds; one whose
+warm-up alone exceeds the budget (full order 3 at S = 42) keeps it as its single sample. Peak
+memory: the growth of the peak RSS of a fresh subprocess running the variant once, after building
+the problem (high-water marks are per process; read as VmHWM, see :func:`_peak_rss_mb`). Before
+timing, the engine and the reference are checked to agree to 1e-12 (relative) in float64.
 
 Threads: ``--threads`` (default 1). One thread is the reproducible setting: kernels do not
 compete with each other or with other jobs for cores, so ratios are stable on a shared machine.
@@ -30,6 +31,7 @@ compete with each other or with other jobs for cores, so ratios are stable on a 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import statistics
 import subprocess
@@ -195,16 +197,19 @@ def time_variants(
 ) -> dict[str, dict[str, float]]:
     """Median seconds per variant over interleaved rounds.
 
-    Every variant runs once untimed (warm-up); a variant then takes part in the first
-    ``min(rounds, max(1, budget_seconds // warm-up time))`` rounds, the others alternating
-    with it in each round (order reversed every other round).
+    Every variant first runs once (warm-up, timed). A variant then takes part in the first
+    ``min(rounds, budget_seconds // warm-up time)`` rounds, alternating with the others in each
+    round (order reversed every other round); a variant whose warm-up alone exceeds the budget
+    (the full order 3 at S = 42) is not rerun: its warm-up time is its single sample.
     """
+    samples: dict[str, list[float]] = {}
     planned = {}
     for name, fn in work.items():
         start = time.perf_counter()
         fn()
-        planned[name] = min(rounds, max(1, int(budget_seconds / (time.perf_counter() - start))))
-    samples: dict[str, list[float]] = {name: [] for name in work}
+        seconds = time.perf_counter() - start
+        planned[name] = min(rounds, int(budget_seconds / seconds))
+        samples[name] = [] if planned[name] > 0 else [seconds]
     for r in range(rounds):
         names = [n for n in work if planned[n] > r]
         for name in names if r % 2 == 0 else reversed(names):
@@ -217,16 +222,29 @@ def time_variants(
     }
 
 
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process (MB): VmHWM of /proc/self/status on Linux, else
+    ``ru_maxrss``. On Linux ``ru_maxrss`` survives ``exec`` and so starts at the parent's high
+    water mark in a subprocess of a large process; VmHWM belongs to the new address space."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_memory_mb(problem: str, variant: str, threads: int, batch_size: int = BATCH_SIZE) -> float:
-    """ru_maxrss growth (MB) of a fresh process running one variant once after building it."""
+    """Peak-RSS growth (MB) of a fresh process running one variant once after building it."""
     code = (
-        "import resource, torch;"
+        "import torch;"
         f"torch.set_num_threads({threads});"
-        "from bench.derivative_cost import variants;"
+        "from bench.derivative_cost import _peak_rss_mb, variants;"
         f"work = variants({problem!r}, {batch_size});"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        "base = _peak_rss_mb();"
         f"work[{variant!r}]();"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)"
+        "print(_peak_rss_mb() - base)"
     )
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run(
@@ -265,6 +283,19 @@ def markdown_table(rows: list[dict[str, object]]) -> str:
             f"{r['gradients']:.2f} | {r['vs_reference']:.2f} | {r['reference']} | {memory} |"
         )
     return "\n".join(lines)
+
+
+def readme_block(result: dict[str, object]) -> str:
+    """The README's cost table, rendered from a stored result (never typed by hand)."""
+    prov = result["provenance"]
+    note = (
+        f"Measured by `{result['command']}` (`make derivative-cost`) at commit "
+        f"`{str(prov.get('git_commit', 'unknown'))[:12]}` on {prov.get('cpu', 'unknown CPU')}, "
+        f"{prov.get('threads')} thread(s), torch {prov.get('torch')}, batch "
+        f"{result['settings']['batch_size']}; medians of interleaved rounds. Regenerate this block "
+        "with `python -m bench.derivative_cost --readme results/derivative_cost.json`."
+    )
+    return markdown_table(result["rows"]) + "\n\n" + note
 
 
 def run(
@@ -308,7 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="3 rounds, 5 s per variant, no memory measurement"
     )
+    parser.add_argument(
+        "--readme", type=Path, metavar="JSON", help="print the README block of a stored result"
+    )
     args = parser.parse_args(argv)
+    if args.readme is not None:
+        print(readme_block(json.loads(args.readme.read_text())))
+        return 0
     if args.rounds < 1 or args.threads < 1:
         parser.error(f"--rounds and --threads must be >= 1, got {args.rounds}, {args.threads}")
     rounds, budget = (3, 5.0) if args.quick else (args.rounds, args.budget)
@@ -325,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m bench.derivative_cost "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "wall_seconds": time.perf_counter() - start,
-        "peak_rss_mb_this_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb_this_process": _peak_rss_mb(),
     }
     write_json_atomic(args.out, result)
     print(markdown_table(rows))

@@ -23,6 +23,7 @@ import torch
 
 from bench.derivative_cost import (
     MODELS,
+    REFERENCE_OF,
     check_same_numbers,
     time_variants,
     variants,
@@ -31,15 +32,8 @@ from optimizers import partition
 
 pytestmark = pytest.mark.benchmark
 
-VARIANTS = [
-    "gradient",
-    "reference_order2",
-    "reference_order3_diag",
-    "engine_order2",
-    "engine_order3_diag",
-    "engine_order3_full",
-]
-HEAVY = {("cifar10_deepmlp_w256", "engine_order3_full")}  # ~800 gradients per call
+VARIANTS = list(REFERENCE_OF)  # gradient, reference_order2, …, engine_order3_full
+HEAVY = {("cifar10_deepmlp_w256", "engine_order3_full")}  # ~800 gradient-equivalents per call
 
 
 @pytest.fixture(autouse=True)
