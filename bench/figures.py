@@ -33,6 +33,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from bench.aggregate import Run  # noqa: E402
+from optimizers.subspace import OK_STATUSES  # noqa: E402
 
 ABLATION = ("partitioned_newton", "partitioned_newton_diag", "partitioned_newton_order2", "cauchy")
 ETA_PREFIX = "diag/eta/"
@@ -209,9 +210,10 @@ def ablation(runs: Sequence[Run], path: Path, palette: dict) -> Path | None:
 
 
 def usable_probe(probe: pd.DataFrame) -> pd.DataFrame:
-    """Rows of probe.csv with status 'ok' (all rows when there is no status column) and a
-    finite η*."""
-    ok = probe["status"].astype(str) == "ok" if "status" in probe.columns else True
+    """Rows of probe.csv whose solver status is a usable step (``optimizers.subspace.OK_STATUSES``,
+    e.g. ``newton``; all rows when there is no status column) and a finite η*."""
+    usable = {status.value for status in OK_STATUSES}
+    ok = probe["status"].astype(str).isin(usable) if "status" in probe.columns else True
     values = pd.to_numeric(probe["eta"], errors="coerce")
     return probe.loc[ok & np.isfinite(values.to_numpy(dtype=np.float64))]
 

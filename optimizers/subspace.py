@@ -54,6 +54,7 @@ _OK_STATUSES = frozenset(
         SolverStatus.HARD_CASE,
     }
 )
+OK_STATUSES = _OK_STATUSES  # statuses whose η is a usable step (public name)
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ def make_probe(rng: np.random.Generator, *, steps: int, every: int = 5) -> pd.Da
         for subset, eta in PROBE_ETA.items():
             value = eta * (1.0 + 0.1 * rng.standard_normal())
             g, h = abs(rng.standard_normal()) + 0.1, abs(rng.standard_normal()) + 0.1
-            rows.append((step, subset, value, value, g, h, "ok"))
+            rows.append((step, subset, value, value, g, h, "newton"))
     rows.append((steps, "0.bias", math.nan, math.nan, math.nan, math.nan, "singular"))
     return pd.DataFrame(rows, columns=["step", "subset", "eta", "ratio", "g", "h", "status"])
 
