@@ -36,8 +36,8 @@ bench: venv
 	$(PY) -m pytest -q -m benchmark --benchmark-enable tests/benchmarks
 
 lint: venv
-	$(VENV)/bin/ruff check optimizers bench tests
-	$(VENV)/bin/ruff format --check optimizers bench tests
+	$(VENV)/bin/ruff check --no-cache optimizers bench tests
+	$(VENV)/bin/ruff format --no-cache --check optimizers bench tests
 
 format: venv
 	$(VENV)/bin/ruff format optimizers bench tests

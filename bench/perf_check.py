@@ -76,11 +76,10 @@ def _mlp(seed: int) -> nn.Module:
 
 def _workloads(batch_size: int = 100) -> dict[str, Callable[[], None]]:
     """Zero-argument callables, each one unit of work; built once, timed many times."""
-    from optimizers.registry import make
-
     from optimizers import projected_derivatives
     from optimizers.derivatives import functional_loss
     from optimizers.partition import per_tensor
+    from optimizers.registry import make
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, 784, generator=gen)
