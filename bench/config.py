@@ -113,6 +113,21 @@ class AggregateConfig:
 
 
 @dataclass(frozen=True)
+class InvarianceConfig:
+    """``invariance``: see :mod:`bench.invariance` (METHOD.md §6)."""
+
+    optimizers: tuple[str, ...] = ()  # registry names; empty: every optimizer of `optimizers`
+    steps: int = 40  # optimisation steps of model and twin
+    batch_size: int = 32
+    seed: int = 0  # model init and the affine maps
+    dtype: Literal["float64", "float32"] = "float64"
+    scale_range: float = 10.0  # a_s log-uniform in [1/scale_range, scale_range]
+    shift_std: float = 0.1  # b_s ~ N(0, shift_std²)
+    min_movement: float = 1e-3  # relative weight change below which invariance is not exercised
+    overrides: Mapping[str, Any] = field(default_factory=_frozen)  # e.g. update_every, warmup
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     """``report``: no parameters yet (the section exists so the stage has one)."""
 
@@ -128,6 +143,7 @@ class Config:
     tune: TuneConfig = field(default_factory=TuneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+    invariance: InvarianceConfig = field(default_factory=InvarianceConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     raw: Mapping[str, Any] = field(default_factory=_frozen, repr=False, compare=False)
 
@@ -303,6 +319,12 @@ def _check_ranges(config: Config, fail: typing.Callable[[str, str], typing.NoRet
     for key, value in config.aggregate.train_loss_target.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             fail(f"aggregate.train_loss_target.{key}", f"expected float, got {value!r}")
+    invariance = config.invariance
+    for key in ("steps", "batch_size", "shift_std", "min_movement"):
+        positive(f"invariance.{key}", getattr(invariance, key), strict=key != "shift_std")
+    positive("invariance.seed", invariance.seed, strict=False)
+    if invariance.scale_range < 1:
+        fail("invariance.scale_range", f"expected a number >= 1, got {invariance.scale_range}")
 
 
 def _check_names(config: Config, fail: typing.Callable[[str, str], typing.NoReturn]) -> None:
@@ -311,6 +333,10 @@ def _check_names(config: Config, fail: typing.Callable[[str, str], typing.NoRetu
     from optimizers.registry import available, get_spec
 
     known_optimizers = set(available())
+    for index, name in enumerate(config.invariance.optimizers):
+        if name not in known_optimizers:
+            known = ", ".join(sorted(known_optimizers))
+            fail(f"invariance.optimizers[{index}]", f"unknown optimizer {name!r} (known: {known})")
     for name, section in config.optimizers.items():
         if name not in known_optimizers:
             known = ", ".join(sorted(known_optimizers))

@@ -74,6 +74,10 @@ def _error(tmp_path, mutate) -> str:
         (lambda p: p["train"]["probe"].update(optimizers=["nadam"]),
          "train.probe.optimizers[0]", "unknown optimizer"),
         (lambda p: p["tune"].update(epochs_fraction=0.0), "tune.epochs_fraction", "fraction"),
+        (lambda p: p["invariance"].update(optimizers=["sdg"]), "invariance.optimizers[0]",
+         "unknown optimizer"),
+        (lambda p: p["invariance"].update(steps=0), "invariance.steps", "positive"),
+        (lambda p: p["invariance"].update(dtype="float16"), "invariance.dtype", "expected one of"),
     ],
 )  # fmt: skip
 def test_bad_params_name_the_key(tmp_path, mutate, key, words):

@@ -67,6 +67,11 @@ def test_dvc_repro_tiny_grid_and_selective_rerun(tmp_path):
     _run([dvc, "repro"], repo, env)
 
     report = (repo / "reports" / "tiny" / "report.md").read_text()
+    assert "Reparameterization invariance" in report
+    invariance = json.loads((repo / "results/tiny/invariance/digits_mlp.json").read_text())
+    assert set(invariance["max_relative_deviation"]) == set(OPTIMIZERS)
+    assert invariance["max_relative_deviation"]["partitioned_newton"] < 1e-10
+    assert invariance["max_relative_deviation"]["sgd"] > 1e-6
     for optimizer in OPTIMIZERS:
         assert optimizer in report, f"{optimizer} missing from the report"
         assert (repo / "results/tiny/runs/digits_mlp" / optimizer / "0" / "metrics.json").is_file()
@@ -80,4 +85,5 @@ def test_dvc_repro_tiny_grid_and_selective_rerun(tmp_path):
     params["optimizers"]["sgd"]["grid"] = {"lr": [0.05, 0.1]}
     write_params(repo / "params.yaml", params)
     changed = set(json.loads(_run([dvc, "status", "--json"], repo, env)))
-    assert changed == {"tune@digits_mlp-sgd", "train@digits_mlp-sgd-0"}
+    # the invariance study reads every optimizer section (it trains each optimizer once)
+    assert changed == {"tune@digits_mlp-sgd", "train@digits_mlp-sgd-0", "invariance@digits_mlp"}

@@ -48,6 +48,17 @@ TINY_PARAMS = {
         "probe": {"optimizers": ["sgd"], "every": 3, "batch_size": 50},
     },
     "aggregate": {"train_loss_target": {}},
+    "invariance": {
+        "optimizers": [],
+        "steps": 8,
+        "batch_size": 32,
+        "seed": 0,
+        "dtype": "float64",
+        "scale_range": 10.0,
+        "shift_std": 0.1,
+        "min_movement": 1e-3,
+        "overrides": {"update_every": 2, "warmup": 1, "average": 2},
+    },
     "report": {},
 }
 

@@ -1,0 +1,108 @@
+"""The report's invariance section: table and log-scale figure of the invariance stage."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def load_invariance(results: Path, profile: str) -> dict[str, dict[str, Any]]:
+    """``{problem: record}`` of every invariance JSON (empty when the stage has not run)."""
+    folder = Path(results) / profile / "invariance"
+    if not folder.is_dir():
+        return {}
+    return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+
+
+def _cell(value: float | None) -> str:
+    if value is None:
+        return "not exercised (weights did not move)"
+    if not math.isfinite(value):
+        return "diverged"
+    return f"{value:.1e}"
+
+
+def invariance_frame(records: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per optimizer, one column per problem: the max relative parameter deviation."""
+    optimizers: list[str] = []
+    for record in records.values():
+        optimizers += [o for o in record["max_relative_deviation"] if o not in optimizers]
+    rows = []
+    for name in optimizers:
+        row = {"optimizer": name}
+        for problem, record in records.items():
+            row[problem] = _cell(record["max_relative_deviation"].get(name))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def scaling_frame(records: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for problem, record in records.items():
+        laws = record["scaling_laws"]
+        row = {"problem": problem}
+        for key in ("g", "H", "d", "eta"):
+            row[f"{key} rel. error"] = "—" if laws.get(key) is None else f"{laws[key]:.1e}"
+        row["solver status"] = laws.get("solver_status", "—")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def invariance_figure(records: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Parameter deviation per step (log scale), one panel per problem."""
+    figure = Figure(figsize=(5.5 * len(records), 4.2))
+    axes_list = figure.subplots(1, len(records), squeeze=False)[0]
+    for axes, (problem, record) in zip(axes_list, records.items(), strict=True):
+        for name, series in record["per_step"].items():
+            values = [max(v, 1e-17) if math.isfinite(v) else float("nan")
+                      for v in series["parameters"]]  # fmt: skip
+            style = "-" if name in record.get("expected_invariant", []) else "--"
+            axes.plot(range(1, len(values) + 1), values, style, label=name)
+        axes.set_yscale("log")
+        axes.set_xlabel("step")
+        axes.set_ylabel("‖θ − (aθ̃ + b)‖ / ‖θ‖")
+        axes.set_title(f"{problem} ({record['dtype']})")
+        axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def add_section(document: Any, results: Path, profile: str, out_dir: Path) -> None:
+    """Append the invariance section to a :class:`bench.report.Document` (or say it is absent)."""
+    records = load_invariance(results, profile)
+    document.heading(2, "Reparameterization invariance")
+    if not records:
+        document.paragraph(
+            "Absent: no results/<profile>/invariance/*.json (`dvc repro invariance`)."
+        )
+        return
+    first = next(iter(records.values()))
+    document.paragraph(
+        f"Each problem's model and its twin θ_s = a_s θ̃_s + b_s (a_s log-uniform in [0.1, 10], "
+        f"per tensor) are trained on identical batches for {first['steps']} steps in "
+        f"{first['dtype']}; the table gives the maximum over steps of ‖θ − (aθ̃ + b)‖ / ‖θ‖. "
+        f"Expected: {first['expected']}"
+    )
+    document.table(invariance_frame(records))
+    figure = invariance_figure(records, out_dir / "invariance.png")
+    document.figure(figure, "parameter deviation between a model and its reparameterized twin")
+    document.paragraph(
+        "Solid lines: optimizers expected to be invariant; dashed: expected to drift. "
+        "regenerate: `dvc repro invariance report`",
+        note=True,
+    )
+    document.paragraph(
+        "Scaling laws at the starting point (u = the gradient): relative errors of "
+        "ḡ̃ = a²ḡ, H̄̃ = a_s²a_t²H̄, d̃ = a²d and η̃ = η/a² (METHOD.md §6)."
+    )
+    document.table(scaling_frame(records))
