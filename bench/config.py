@@ -128,6 +128,32 @@ class InvarianceConfig:
 
 
 @dataclass(frozen=True)
+class ScalingConfig:
+    """``timing.scaling``: the projected-derivative sweeps of :mod:`bench.timing` (a tanh MLP)."""
+
+    width: int = 128  # the base point of every sweep
+    depth: int = 4
+    batch: int = 64
+    partitions: tuple[str, ...] = ("single", "blocks2", "per_module", "per_tensor")
+    widths: tuple[int, ...] = (64, 128, 256)
+    depths: tuple[int, ...] = (2, 4, 8)
+    batches: tuple[int, ...] = (32, 64, 128)
+    full_order3_max_subsets: int = 10  # the full order-3 tensor only up to this S
+    rounds: int = 3
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """``timing``: see :mod:`bench.timing`."""
+
+    optimizers: tuple[str, ...] = ()  # registry names; empty: every optimizer of `optimizers`
+    period: int = 10  # steps timed together (ours recomputes once per period)
+    rounds: int = 3
+    memory: bool = True  # peak memory per optimizer, in a fresh process each
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     """``report``: no parameters yet (the section exists so the stage has one)."""
 
@@ -144,6 +170,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
     invariance: InvarianceConfig = field(default_factory=InvarianceConfig)
+    timing: TimingConfig = field(default_factory=TimingConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     raw: Mapping[str, Any] = field(default_factory=_frozen, repr=False, compare=False)
 
@@ -323,6 +350,19 @@ def _check_ranges(config: Config, fail: typing.Callable[[str, str], typing.NoRet
     for key in ("steps", "batch_size", "shift_std", "min_movement"):
         positive(f"invariance.{key}", getattr(invariance, key), strict=key != "shift_std")
     positive("invariance.seed", invariance.seed, strict=False)
+    timing = config.timing
+    for key in ("period", "rounds"):
+        positive(f"timing.{key}", getattr(timing, key))
+    scaling = timing.scaling
+    for key in ("width", "depth", "batch", "full_order3_max_subsets", "rounds"):
+        positive(f"timing.scaling.{key}", getattr(scaling, key))
+    for key in ("widths", "depths", "batches"):
+        for index, value in enumerate(getattr(scaling, key)):
+            positive(f"timing.scaling.{key}[{index}]", value)
+    for index, name in enumerate(scaling.partitions):
+        blocks = name.startswith("blocks") and name[len("blocks") :].isdigit()
+        if name not in ("single", "per_module", "per_tensor", "weights_biases") and not blocks:
+            fail(f"timing.scaling.partitions[{index}]", f"unknown partition {name!r}")
     if invariance.scale_range < 1:
         fail("invariance.scale_range", f"expected a number >= 1, got {invariance.scale_range}")
 
@@ -333,6 +373,10 @@ def _check_names(config: Config, fail: typing.Callable[[str, str], typing.NoRetu
     from optimizers.registry import available, get_spec
 
     known_optimizers = set(available())
+    for index, name in enumerate(config.timing.optimizers):
+        if name not in known_optimizers:
+            known = ", ".join(sorted(known_optimizers))
+            fail(f"timing.optimizers[{index}]", f"unknown optimizer {name!r} (known: {known})")
     for index, name in enumerate(config.invariance.optimizers):
         if name not in known_optimizers:
             known = ", ".join(sorted(known_optimizers))

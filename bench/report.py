@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import figures, invariance_report
+from bench import figures, invariance_report, timing_report
 from bench.aggregate import CONFIDENCE, TARGET_RULE, Run, load_runs, statistics
 
 HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
@@ -368,6 +368,7 @@ def build_report(results: Path, profile: str, out_dir: Path) -> Document:
         problem_runs = [run for run in runs if run.problem == problem]
         _problem_section(document, problem_runs, stats, summary, out_dir, palette, all_optimizers)
     invariance_report.add_section(document, Path(results), profile, out_dir)
+    timing_report.add_section(document, Path(results), profile, out_dir)
     document.heading(2, "Provenance")
     document.paragraph("Collected from the `provenance` record of every run's metrics.json.")
     document.table(provenance_table(runs))

@@ -67,7 +67,8 @@ def test_dvc_repro_tiny_grid_and_selective_rerun(tmp_path):
     _run([dvc, "repro"], repo, env)
 
     report = (repo / "reports" / "tiny" / "report.md").read_text()
-    assert "Reparameterization invariance" in report
+    assert "Reparameterization invariance" in report and "## Timing" in report
+    assert (repo / "results/tiny/timing/steps.csv").is_file()
     invariance = json.loads((repo / "results/tiny/invariance/digits_mlp.json").read_text())
     assert set(invariance["max_relative_deviation"]) == set(OPTIMIZERS)
     assert invariance["max_relative_deviation"]["partitioned_newton"] < 1e-10
@@ -85,5 +86,7 @@ def test_dvc_repro_tiny_grid_and_selective_rerun(tmp_path):
     params["optimizers"]["sgd"]["grid"] = {"lr": [0.05, 0.1]}
     write_params(repo / "params.yaml", params)
     changed = set(json.loads(_run([dvc, "status", "--json"], repo, env)))
-    # the invariance study reads every optimizer section (it trains each optimizer once)
-    assert changed == {"tune@digits_mlp-sgd", "train@digits_mlp-sgd-0", "invariance@digits_mlp"}
+    # the invariance and timing studies read every optimizer section (they run each optimizer)
+    assert changed == {
+        "tune@digits_mlp-sgd", "train@digits_mlp-sgd-0", "invariance@digits_mlp", "timing",
+    }  # fmt: skip

@@ -59,6 +59,23 @@ TINY_PARAMS = {
         "min_movement": 1e-3,
         "overrides": {"update_every": 2, "warmup": 1, "average": 2},
     },
+    "timing": {
+        "optimizers": [],
+        "period": 4,
+        "rounds": 1,
+        "memory": False,
+        "scaling": {
+            "width": 16,
+            "depth": 2,
+            "batch": 16,
+            "partitions": ["single", "per_tensor"],
+            "widths": [8, 16],
+            "depths": [1, 2],
+            "batches": [8, 16],
+            "full_order3_max_subsets": 6,
+            "rounds": 1,
+        },
+    },
     "report": {},
 }
 

@@ -1,0 +1,82 @@
+"""The report's timing section: step-cost table and the scaling figures of the timing stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+SWEEPS = (
+    ("subsets", "subsets", "S (number of subsets)"),
+    ("width", "width", "width"),
+    ("depth", "depth", "depth (hidden layers)"),
+    ("batch", "batch", "batch size"),
+)
+
+
+def steps_frame(steps: pd.DataFrame) -> pd.DataFrame:
+    frame = steps[["problem", "optimizer", "gradients", "vs_sgd", "plain_step_gradients",
+                   "recomputation_gradients_amortised", "peak_memory_mb"]].copy()  # fmt: skip
+    frame.columns = ["problem", "optimizer", "step (gradient-eq.)", "× SGD step",
+                     "plain step (gradient-eq.)", "recomputation, amortised (gradient-eq.)",
+                     "peak memory (MB)"]  # fmt: skip
+
+    def text(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.2f}" if np.isfinite(value) else "—"
+        return str(value)
+
+    return frame.map(text)
+
+
+def scaling_figure(scaling: pd.DataFrame, path: Path) -> Path:
+    """Cost vs S, width, depth and batch; the S panel carries ideal O(S) and O(S²) lines."""
+    figure = Figure(figsize=(18, 4.2))
+    for axes, (sweep, column, label) in zip(figure.subplots(1, 4), SWEEPS, strict=True):
+        part = scaling[scaling["sweep"] == sweep].sort_values(column)
+        for variant, rows in part.groupby("variant"):
+            axes.plot(rows[column], rows["gradients"], "o-", label=variant)
+        if sweep == "subsets" and len(part):
+            xs = np.array(sorted(part[column].unique()), dtype=float)
+            base = part[part["variant"] == "order2"].sort_values(column)
+            if len(base):
+                x0, y0 = float(base[column].iloc[0]), float(base["gradients"].iloc[0])
+                axes.plot(xs, y0 * xs / x0, "k:", label="ideal O(S)")
+                axes.plot(xs, y0 * (xs / x0) ** 2, "k--", label="ideal O(S²)")
+            axes.set_xscale("log")
+            axes.set_yscale("log")
+        axes.set_xlabel(label)
+        axes.set_ylabel("gradient-equivalents")
+        axes.legend(fontsize=7)
+    figure.suptitle("projected_derivatives cost (tanh MLP; one gradient = 1)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def add_section(document: Any, results: Path, profile: str, out_dir: Path) -> None:
+    folder = Path(results) / profile / "timing"
+    document.heading(2, "Timing")
+    if not (folder / "steps.csv").is_file():
+        document.paragraph("Absent: no timing results (`dvc repro timing`).")
+        return
+    environment = json.loads((folder / "environment.json").read_text())
+    document.paragraph(
+        "Step cost per optimizer, amortised over a period of steps (ours recomputes its "
+        "curvature once per period), as gradient-equivalents (one forward + backward on the "
+        "same batch) and × the SGD step; all timed interleaved in one process, medians over "
+        f"rounds. Machine: {environment.get('cpu')}, {environment.get('threads')} thread(s), "
+        f"torch {environment.get('torch')}, commit `{str(environment.get('git_commit'))[:12]}`."
+    )
+    document.table(steps_frame(pd.read_csv(folder / "steps.csv")))
+    figure = scaling_figure(pd.read_csv(folder / "scaling.csv"), out_dir / "timing_scaling.png")
+    document.figure(figure, "cost of projected_derivatives against S, width, depth and batch")
+    document.paragraph("regenerate: `dvc repro timing report`", note=True)
