@@ -223,11 +223,19 @@ class Reparameterised(nn.Module):
         return torch.func.functional_call(self.base, self.mapped(), (x,))
 
 
+def _softmax_regression(gen):
+    model = nn.Sequential(nn.Linear(4, 3)).to(DT)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=DT))
+    return model
+
+
 def _pair(seed, convex=False):
     """A model and its reparameterised copy. ``convex``: softmax regression (H̄ ≻ 0, so the
     order-2 step always exists) instead of the tanh MLP."""
     gen = torch.Generator().manual_seed(seed)
-    base = mlp(gen) if not convex else nn.Sequential(nn.Linear(4, 3)).to(DT)
+    base = mlp(gen) if not convex else _softmax_regression(gen)
     scales = {
         n: float(10 ** (2 * torch.rand((), generator=gen, dtype=DT) - 1))
         for n, _ in base.named_parameters()
@@ -242,7 +250,7 @@ def _deviation(base, wrapped) -> float:
     return max(relative_error(p.detach(), mapped[n].detach()) for n, p in base.named_parameters())
 
 
-INVARIANT = {"lr": 0.3, "update_every": 2, "warmup": 1, "average": 2}
+INVARIANT = {"lr": 0.1, "update_every": 2, "warmup": 1, "average": 2}
 
 
 @pytest.mark.parametrize("lambda_int", [0.0, 1.0])
@@ -259,7 +267,7 @@ def test_invariance_to_per_subset_affine_maps(seed, proposal, lambda_int):
         train(wrapped, theirs, data, curvature_data, 1, start=t)
         assert _deviation(base, wrapped) <= 1e-9, f"step {t}"
     moved = max(relative_error(p.detach(), start[n]) for n, p in base.named_parameters())
-    assert moved > 1e-2, "the weights barely moved: the test would not see a difference"
+    assert moved > 1e-3, "the weights barely moved: the test would not see a difference"
     assert ours.state[GLOBAL]["status_counts"] == theirs.state[GLOBAL]["status_counts"]
 
 
