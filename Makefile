@@ -9,7 +9,7 @@ PIP_INSTALL := $(PIP) install --quiet --constraint constraints.txt
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: venv test test-all bench lint format repro derivative-cost perf-check perf-baseline check-env clean
+.PHONY: readme venv test test-all bench lint format repro derivative-cost perf-check perf-baseline check-env clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -53,6 +53,10 @@ clean:
 ## Cost of the projected derivatives (README table).
 derivative-cost: venv
 	$(PY) -m bench.derivative_cost --out results/derivative_cost.json
+
+## Refresh the README's generated tables (headline, derivative cost) from their result files.
+readme: venv
+	$(PY) -m bench.readme
 
 ## Performance-regression gate (ratios against results/perf_baseline.json).
 perf-check: venv

@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,37 +41,7 @@ import pandas as pd
 import yaml
 from scipy import stats as scipy_stats
 
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync, rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-try:  # the pipeline's shared atomic writers (bench/io.py), once they exist
-    from bench.io import write_csv_atomic, write_json_atomic
-except ModuleNotFoundError as error:  # until then, private equivalents
-    if error.name != "bench.io":
-        raise
-
-    def write_json_atomic(path: Path, obj: Any) -> None:
-        """Strict JSON (NaN/inf rejected), atomically."""
-        _write_bytes_atomic(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
-
-    def write_csv_atomic(path: Path, frame: pd.DataFrame) -> None:
-        """CSV without the index, atomically."""
-        _write_bytes_atomic(path, frame.to_csv(index=False).encode())
-
+from bench.io import write_csv_atomic, write_json_atomic
 
 SUMMARY_COLUMNS = ["problem", "optimizer", "seed", "metric", "value"]
 HISTORY_COLUMNS = ["epoch", "step", "train_loss", "test_loss", "test_accuracy", "wall_clock", "lr"]
@@ -87,15 +55,20 @@ METRICS_FROM_JSON = (
     "steps",
     "diverged",
 )
+PROGRESS_METRICS = ("loss_decreased",)  # 1 when the final training loss < the initial one
+# Per-run metrics read from the last history row when the optimizer logs them (no statistics).
+OPTIONAL_HISTORY_METRICS = {"usable_solves": "diag/usable_solves"}
 TIME_TO_TARGET_METRICS = ("time_to_target_epochs", "time_to_target_seconds")
 TARGET_METRICS = ("train_loss_target", "train_loss_target_from_params")
-RUN_METRICS = METRICS_FROM_JSON + TIME_TO_TARGET_METRICS + TARGET_METRICS
+RUN_METRICS = METRICS_FROM_JSON + PROGRESS_METRICS + TIME_TO_TARGET_METRICS + TARGET_METRICS
 # Metrics that get mean / std / interval over the non-diverged seeds.
 STATISTIC_METRICS = tuple(m for m in RUN_METRICS if m not in ("diverged", *TARGET_METRICS))
 CONFIDENCE = 0.95
 TARGET_RULE = (
-    "the largest, over optimizers with at least one non-diverged run, of the mean final training "
-    "loss of that optimizer's non-diverged runs (the loss the worst optimizer reaches on average)"
+    "the largest, over optimizers with at least one non-diverged run that lowered the training "
+    "loss below its initial value, of the mean final training loss of those runs (the loss the "
+    "worst optimizer that trains at all reaches on average; an optimizer that never moves the "
+    "loss would make every target trivial)"
 )
 
 
@@ -198,11 +171,18 @@ def train_loss_targets(
         finals: dict[str, list[float]] = {}
         for run in runs:
             final = _as_float(run.metrics["final_train_loss"])
-            if run.problem == problem and not run.diverged and math.isfinite(final):
+            usable = not run.diverged and math.isfinite(final) and loss_decreased(run.history)
+            if run.problem == problem and usable:
                 finals.setdefault(run.optimizer, []).append(final)
         means = [float(np.mean(values)) for values in finals.values()]
         targets[problem] = (max(means) if means else math.nan, False)
     return targets
+
+
+def loss_decreased(history: pd.DataFrame) -> bool:
+    """Whether the last end-of-epoch training loss is below the first (epoch 0, before training)."""
+    loss = history["train_loss"].to_numpy(dtype=np.float64)
+    return bool(loss.size >= 2 and np.isfinite(loss[-1]) and loss[-1] < loss[0])
 
 
 def time_to_target(history: pd.DataFrame, target: float) -> tuple[float, float]:
@@ -223,12 +203,17 @@ def summary_table(runs: list[Run], targets: Mapping[str, tuple[float, bool]]) ->
         values = {key: _as_float(run.metrics[key]) for key in METRICS_FROM_JSON}
         epochs, seconds = time_to_target(run.history, target)
         values |= {
+            "loss_decreased": float(loss_decreased(run.history)),
             "time_to_target_epochs": epochs,
             "time_to_target_seconds": seconds,
             "train_loss_target": target,
             "train_loss_target_from_params": float(from_params),
         }
         rows.extend((run.problem, run.optimizer, run.seed, key, values[key]) for key in RUN_METRICS)
+        for key, column in OPTIONAL_HISTORY_METRICS.items():  # only for optimizers that log them
+            if column in run.history.columns and len(run.history):
+                value = _as_float(run.history[column].iloc[-1])
+                rows.append((run.problem, run.optimizer, run.seed, key, value))
     table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     return table.astype({"seed": "int64", "value": "float64"})
 

@@ -94,6 +94,26 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RegisterConfig:
+    """``optimizers.<name>.register``: a new registry entry defined in params alone.
+
+    Give exactly one of ``torch_optimizer`` (dotted path of a ``torch.optim.Optimizer``
+    subclass, built as ``cls(model.parameters(), **hyperparameters)``) and ``factory``
+    (``"pkg.module:function"`` with the registry's signature ``factory(model, hyperparameters,
+    criterion) -> TrainingOptimizer``). ``defaults`` lists every accepted hyperparameter
+    (``lr`` included), ``lr_grid`` the learning rates the tune stage tries, ``grid`` extra
+    tuning axes. See :func:`optimizers.registry.register_optimizer`.
+    """
+
+    torch_optimizer: str | None = None
+    factory: str | None = None
+    defaults: Mapping[str, Any] = field(default_factory=_frozen)
+    lr_grid: tuple[float, ...] = ()
+    grid: Mapping[str, tuple[Any, ...]] | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class OptimizerConfig:
     """``optimizers.<name>``: fixed hyperparameters and the search grid of the tune stage.
 
@@ -103,6 +123,7 @@ class OptimizerConfig:
 
     hyperparameters: Mapping[str, Any] = field(default_factory=_frozen)
     grid: Mapping[str, tuple[Any, ...]] | None = None
+    register: RegisterConfig | None = None  # define a new optimizer here (not a built-in name)
 
 
 @dataclass(frozen=True)
@@ -172,6 +193,7 @@ class Config:
     invariance: InvarianceConfig = field(default_factory=InvarianceConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    plugins: tuple[str, ...] = ()  # modules imported first (they may register problems/optimizers)
     raw: Mapping[str, Any] = field(default_factory=_frozen, repr=False, compare=False)
 
     # The results layout (docs: notes/PIPELINE_CONTRACTS.md), relative to ``root``.
@@ -195,7 +217,8 @@ class Config:
 
 # In a params file every key is required (dvc.yaml names them as params dependencies, and no
 # stage relies on a silent default), except in these sections, whose keys may be left out.
-OMISSIBLE = (OptimizerConfig, AggregateConfig)
+OMISSIBLE = (OptimizerConfig, AggregateConfig, RegisterConfig)
+OPTIONAL_TOP_LEVEL = ("plugins",)  # top-level keys that may be left out
 
 
 def _describe(value: Any) -> str:
@@ -421,14 +444,62 @@ def parse_config(params: Any, source: str = "params.yaml", *, check_names: bool 
         str(name): validator.dataclass(OptimizerConfig, section, f"optimizers.{name}")
         for name, section in optimizers.items()
     }
-    rest = {key: value for key, value in params.items() if key != "optimizers"}
+    plugins = validator.value(tuple[str, ...], params.get("plugins") or [], "plugins")
+    rest = {key: value for key, value in params.items() if key not in ("optimizers", "plugins")}
     config = validator.dataclass(
-        Config, rest, "", optimizers=_frozen(sections), raw=_frozen(params)
+        Config, rest, "", optimizers=_frozen(sections), plugins=plugins, raw=_frozen(params)
     )
     _check_ranges(config, validator.fail)
     if check_names:
+        load_extensions(config, validator.fail)
         _check_names(config, validator.fail)
     return config
+
+
+def load_extensions(
+    config: Config, fail: typing.Callable[[str, str], typing.NoReturn] | None = None
+) -> None:
+    """Import ``plugins``, then register every ``optimizers.<name>.register`` entry.
+
+    Idempotent: loading the same params twice in one process re-registers the same entries. A
+    ``register`` section may not redefine a built-in optimizer. Errors name the params key.
+    """
+    import importlib
+
+    from optimizers import registry
+
+    if fail is None:
+        fail = _Validator("params.yaml").fail
+    for index, module in enumerate(config.plugins):
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # noqa: BLE001 - any failure of a user's module
+            fail(f"plugins[{index}]", f"cannot import {module!r}: {type(error).__name__}: {error}")
+    for name, section in config.optimizers.items():
+        entry = section.register
+        if entry is None:
+            continue
+        key = f"optimizers.{name}.register"
+        existing = registry._REGISTRY.get(name)
+        if existing is not None and existing.builtin:
+            fail(key, f"{name!r} is a built-in optimizer: choose another name")
+        if (entry.torch_optimizer is None) == (entry.factory is None):
+            fail(key, "give exactly one of torch_optimizer and factory")
+        options = {
+            "defaults": dict(entry.defaults),
+            "lr_grid": entry.lr_grid,
+            "description": entry.description or (entry.torch_optimizer or entry.factory),
+            "grid": entry.grid,
+            "replace": existing is not None,
+        }
+        try:
+            if entry.torch_optimizer is not None:
+                registry.register_torch_optimizer(name, entry.torch_optimizer, **options)
+            else:
+                factory = registry._resolve(entry.factory)
+                registry.register_optimizer(name, factory, **options)
+        except ValueError as error:
+            fail(key, str(error))
 
 
 def load_config(path: str | Path = "params.yaml", *, check_names: bool = True) -> Config:

@@ -35,7 +35,6 @@ import io
 import json
 import os
 import random
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from bench.io import write_bytes_atomic
 
 __all__ = [
     "DATASETS",
@@ -420,17 +421,9 @@ def save_splits(splits: Splits, path: str | os.PathLike) -> Path:
             for key, a in arrays.items()
         },
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez_compressed(file, metadata=np.array(json.dumps(metadata)), **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, metadata=np.array(json.dumps(metadata)), **arrays)
+    write_bytes_atomic(path, buffer.getvalue())
     return path
 
 

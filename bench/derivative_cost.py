@@ -292,8 +292,8 @@ def readme_block(result: dict[str, object]) -> str:
         f"Measured by `{result['command']}` (`make derivative-cost`) at commit "
         f"`{str(prov.get('git_commit', 'unknown'))[:12]}` on {prov.get('cpu', 'unknown CPU')}, "
         f"{prov.get('threads')} thread(s), torch {prov.get('torch')}, batch "
-        f"{result['settings']['batch_size']}; medians of interleaved rounds. Regenerate this block "
-        "with `python -m bench.derivative_cost --readme results/derivative_cost.json`."
+        f"{result['settings']['batch_size']}; medians of interleaved rounds. "
+        "The README block is refreshed from that file by `make readme`."
     )
     return markdown_table(result["rows"]) + "\n\n" + note
 

@@ -26,7 +26,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from bench.io import write_json_atomic
 
 BASELINE = Path("results/perf_baseline.json")
 TOLERANCE = 0.30
@@ -189,19 +190,6 @@ def compare(
     return passed, "\n".join(lines) + f"\n\n({note})"
 
 
-def _write_json_atomic(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, default=BASELINE)
@@ -222,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": "make perf-baseline",
         }
-        _write_json_atomic(args.baseline, record)
+        write_json_atomic(args.baseline, record)
         print(json.dumps(record, indent=2))
         return 0
     if not args.baseline.exists():

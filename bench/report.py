@@ -84,11 +84,55 @@ def headline_frame(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+STALLED_MARK = " (did not train)"
+STALLED_NOTE = (
+    "(did not train): no non-diverged run lowered the training loss below its initial value."
+)
+NO_STEP_NOTE = (
+    " For {names}, no curvature recomputation gave a usable step (usable_solves = 0 in every "
+    "run: the S×S step needs H̄ ≻ 0 without the cubic term, and H̄ was indefinite each time), "
+    "so the weights never moved."
+)
+
+
+def stalled_cells(summary: pd.DataFrame) -> set[tuple[str, str]]:
+    """(problem, optimizer) cells with a non-diverged run, none of which lowered the loss."""
+    wide = summary.set_index(["problem", "optimizer", "seed", "metric"])["value"].unstack("metric")
+    if "loss_decreased" not in wide.columns:
+        return set()
+    stalled = set()
+    for key, cell in wide.groupby(level=["problem", "optimizer"]):
+        kept = cell[~(cell["diverged"] > 0.5)]
+        if len(kept) and not (kept["loss_decreased"] > 0.5).any():
+            stalled.add(key)
+    return stalled
+
+
+def _never_stepped(summary: pd.DataFrame, cells: set[tuple[str, str]]) -> list[str]:
+    rows = summary[summary["metric"] == "usable_solves"]
+    names = set()
+    for (problem, optimizer), values in rows.groupby(["problem", "optimizer"])["value"]:
+        if (problem, optimizer) in cells and (values == 0).all():
+            names.add(optimizer)
+    return sorted(names)
+
+
 def headline_table(summary: pd.DataFrame) -> str:
-    """The README's headline table (:func:`headline_frame`) as Markdown, ending in a newline."""
+    """The README's headline table (:func:`headline_frame`) as Markdown, ending in a newline.
+
+    Cells in which no run lowered the training loss are marked and explained under the table.
+    """
     frame = headline_frame(summary)
+    stalled = stalled_cells(summary)
     lines = ["| " + " | ".join(frame.columns) + " |", "|---|---|---:|---:|---:|"]
-    lines += ["| " + " | ".join(row) + " |" for row in frame.to_numpy().tolist()]
+    for row in frame.to_numpy().tolist():
+        if (row[0], row[1]) in stalled:
+            row[1] += STALLED_MARK
+        lines.append("| " + " | ".join(row) + " |")
+    if stalled:
+        never = _never_stepped(summary, stalled)
+        note = STALLED_NOTE + (NO_STEP_NOTE.format(names=", ".join(never)) if never else "")
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 

@@ -408,6 +408,14 @@ class PartitionedNewtonOptimizer(TrainingOptimizer):
         for key in ("solver_status", "condition_number"):
             if record.get(key) is not None:
                 out[key] = float(record[key])
+        from .partitioned_newton import GLOBAL
+        from .subspace import OK_STATUSES, SolverStatus
+
+        state = self.optimizer.state.get(GLOBAL, {})
+        counts = state.get("status_counts", {})
+        usable = sum(counts.get(SolverStatus(status).value, 0) for status in OK_STATUSES)
+        out["usable_solves"] = float(usable)  # cumulative: recomputations that gave a step
+        out["failed_solves"] = float(state.get("failed_solves", 0))
         return out
 
 

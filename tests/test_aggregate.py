@@ -221,3 +221,23 @@ def test_bad_results_trees_raise_naming_the_problem(tmp_path, seed, damage):
     profile = "paper" if damage == "no_runs" else "default"
     with pytest.raises(error, match=match):
         aggregate.main(["--profile", profile, "--results", str(results)])
+
+
+def _run(optimizer: str, losses: list[float], seed: int = 0, diverged: bool = False):
+    history = pd.DataFrame({"epoch": range(len(losses)), "train_loss": losses})
+    metrics = {"final_train_loss": losses[-1], "diverged": diverged}
+    return aggregate.Run("p_mlp", optimizer, seed, Path("."), metrics, history)
+
+
+def test_an_optimizer_that_never_lowers_the_loss_does_not_set_the_target():
+    rng = np.random.default_rng()
+    start = float(rng.uniform(2.0, 3.0))
+    fast = [start, start * 0.3, start * 0.1]
+    slow = [start, start * 0.6, start * 0.4]
+    stuck = [start, start, start * 1.01]  # a run that never moved (or went up)
+    runs = [_run("fast", fast), _run("slow", slow), _run("stuck", stuck)]
+    (target, from_params) = aggregate.train_loss_targets(runs)["p_mlp"]
+    assert target == pytest.approx(slow[-1]) and not from_params
+    assert [aggregate.loss_decreased(r.history) for r in runs] == [True, True, False]
+    assert not aggregate.loss_decreased(pd.DataFrame({"train_loss": [2.0, float("nan")]}))
+    assert not aggregate.loss_decreased(pd.DataFrame({"train_loss": [2.0]}))

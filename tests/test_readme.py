@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.derivative_cost import readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,3 +27,32 @@ def test_derivative_cost_table_is_the_rendered_result():
 def test_readme_names_the_two_setup_commands():
     readme = (ROOT / "README.md").read_text()
     assert "make repro" in readme and "make test" in readme
+
+
+def test_readme_sync_replaces_only_the_block_and_check_detects_staleness(tmp_path):
+    from bench import readme as sync
+
+    text = "intro\n<!-- x:start -->\nold\n<!-- x:end -->\nafter\n"
+    assert sync.replace_block(text, "<!-- x:start -->", "<!-- x:end -->", "new") == (
+        "intro\n<!-- x:start -->\nnew\n<!-- x:end -->\nafter\n"
+    )
+    with pytest.raises(ValueError, match="lacks the markers"):
+        sync.replace_block("no markers", "<!-- x:start -->", "<!-- x:end -->", "new")
+    # A copy of the README with a tampered headline: --check fails, a refresh repairs it.
+    root = tmp_path
+    (root / "reports" / "default").mkdir(parents=True)
+    (root / "results").mkdir()
+    (root / "reports" / "default" / "headline.md").write_text(
+        (ROOT / "reports" / "default" / "headline.md").read_text()
+    )
+    (root / "results" / "derivative_cost.json").write_text(
+        (ROOT / "results" / "derivative_cost.json").read_text()
+    )
+    readme = root / "README.md"
+    readme.write_text((ROOT / "README.md").read_text())
+    assert sync.main(["--check", "--readme", str(readme)]) == 0
+    start = "<!-- headline:start -->\n"
+    readme.write_text(readme.read_text().replace(start, start + "a typed number\n"))
+    assert sync.main(["--check", "--readme", str(readme)]) == 1
+    assert sync.main(["--readme", str(readme)]) == 0
+    assert readme.read_text() == (ROOT / "README.md").read_text()

@@ -159,8 +159,10 @@ def test_newton_step_lowers_a_convex_loss(name, seed, single_thread):
     first = float(opt.step(batch, batch))
     for _ in range(19):
         opt.step(batch, batch)
-    statuses = {r["status"] for r in opt.optimizer.diagnostics if r["status"] is not None}
-    assert statuses == {"newton"}, statuses
+    statuses = [r["status"] for r in opt.optimizer.diagnostics if r["status"] is not None]
+    assert set(statuses) == {"newton"}, statuses
+    counters = opt.diagnostics()  # cumulative: every recomputation solved gave a usable step
+    assert counters["usable_solves"] == len(statuses) > 0 and counters["failed_solves"] == 0
     with torch.no_grad():
         end = float(F.cross_entropy(model(batch[0]), batch[1]))
     assert end < 0.95 * first, f"{name}: loss {first:.4f} -> {end:.4f}"
@@ -382,6 +384,8 @@ def test_partitioned_newton_reports_eta_per_subset(seed, single_thread):
     diagnostics = opt.diagnostics()
     names = [n for n, _ in model.named_parameters()]
     assert {f"eta/{n}" for n in names} <= set(diagnostics), diagnostics
+    solved = [r["status"] for r in opt.optimizer.diagnostics if r["status"] is not None]
+    assert diagnostics["usable_solves"] + diagnostics["failed_solves"] == len(solved)
     assert all(isinstance(v, float) for v in diagnostics.values())
 
 
