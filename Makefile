@@ -9,7 +9,7 @@ PIP_INSTALL := $(PIP) install --quiet --constraint constraints.txt
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: readme venv test test-all bench lint format repro derivative-cost perf-check perf-baseline check-env clean
+.PHONY: readme step-cost venv test test-all bench lint format repro derivative-cost perf-check perf-baseline check-env clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -54,7 +54,11 @@ clean:
 derivative-cost: venv
 	$(PY) -m bench.derivative_cost --out results/derivative_cost.json
 
-## Refresh the README's generated tables (headline, derivative cost) from their result files.
+## Cost of one PartitionedNewton step vs SGD on the paper's MLP and LeNet-5 (README table).
+step-cost: venv
+	$(PY) -m bench.step_cost --out results/step_cost.json
+
+## Refresh the README's generated tables (headline, derivative cost, step cost) from their result files.
 readme: venv
 	$(PY) -m bench.readme
 

@@ -1,11 +1,13 @@
 """Refresh the README's generated blocks from the files that hold their numbers.
 
-The README carries two tables that are generated, never typed:
+The README carries three tables that are generated, never typed:
 
 * ``<!-- headline:start -->`` … ``<!-- headline:end -->``: ``reports/default/headline.md``,
   written by the ``report`` stage of ``dvc repro`` (the default profile);
 * ``<!-- derivative-cost:start -->`` … ``<!-- derivative-cost:end -->``: rendered from
-  ``results/derivative_cost.json``, written by ``make derivative-cost``.
+  ``results/derivative_cost.json``, written by ``make derivative-cost``;
+* ``<!-- step-cost:start -->`` … ``<!-- step-cost:end -->``: rendered from
+  ``results/step_cost.json``, written by ``make step-cost``.
 
 Stages write only their own outputs, so the README is refreshed by this separate command
 (``make readme``); ``--check`` exits with status 1 when a block is out of date, and the test
@@ -22,12 +24,14 @@ import json
 import sys
 from pathlib import Path
 
+from bench import step_cost
 from bench.derivative_cost import readme_block
 from bench.io import write_bytes_atomic
 from bench.report import HEADLINE_END, HEADLINE_START
 
 ROOT = Path(__file__).resolve().parents[1]
 COST_START, COST_END = "<!-- derivative-cost:start -->", "<!-- derivative-cost:end -->"
+STEP_START, STEP_END = "<!-- step-cost:start -->", "<!-- step-cost:end -->"
 
 
 def replace_block(text: str, start: str, end: str, body: str) -> str:
@@ -44,7 +48,9 @@ def render(readme: str, root: Path = ROOT) -> str:
     """The README with both generated blocks refreshed from their source files."""
     headline = (root / "reports" / "default" / "headline.md").read_text()
     cost = readme_block(json.loads((root / "results" / "derivative_cost.json").read_text()))
+    step = step_cost.readme_block(json.loads((root / "results" / "step_cost.json").read_text()))
     readme = replace_block(readme, HEADLINE_START, HEADLINE_END, headline)
+    readme = replace_block(readme, STEP_START, STEP_END, step.strip() + "\n")
     return replace_block(readme, COST_START, COST_END, cost.strip() + "\n")
 
 

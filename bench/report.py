@@ -223,6 +223,12 @@ def provenance_table(runs: Sequence[Run]) -> pd.DataFrame:
         if key == "created" and len(counts) > 1:
             present = sorted(value for value in counts if value != "absent")
             value = f"{present[0]} … {present[-1]}" if present else "absent"
+        elif key == "params_hash" and len(counts) > 1:
+            value = (
+                f"{len(counts)} distinct values: each run hashes its own cell (problem, optimizer, "
+                "seed, the train and optimizer sections, its tuned hyperparameters, the data "
+                "file's digest); see its metrics.json"
+            )
         else:
             value = "; ".join(
                 f"{v} ({n} runs)" if len(counts) > 1 else v for v, n in counts.items()
@@ -239,7 +245,11 @@ def regenerate_note(runs: Sequence[Run]) -> str:
         parts.append(
             f"{label} `{next(iter(values))[:width]}`"
             if len(values) == 1
-            else f"{len(values)} different {label} values (see Provenance)"
+            else (
+                "params per cell (see Provenance)"
+                if key == "params_hash"
+                else f"{len(values)} different {label} values (see Provenance)"
+            )
         )
     return " · ".join(parts)
 

@@ -45,9 +45,8 @@ def test_readme_sync_replaces_only_the_block_and_check_detects_staleness(tmp_pat
     (root / "reports" / "default" / "headline.md").write_text(
         (ROOT / "reports" / "default" / "headline.md").read_text()
     )
-    (root / "results" / "derivative_cost.json").write_text(
-        (ROOT / "results" / "derivative_cost.json").read_text()
-    )
+    for name in ("derivative_cost.json", "step_cost.json"):
+        (root / "results" / name).write_text((ROOT / "results" / name).read_text())
     readme = root / "README.md"
     readme.write_text((ROOT / "README.md").read_text())
     assert sync.main(["--check", "--readme", str(readme)]) == 0

@@ -304,3 +304,11 @@ def test_headline_marks_cells_that_did_not_train_and_says_why():
     assert "stuck" not in note
     clean = _summary({("p", "sgd"): [(0, 1, None), (0, 1, None)]})
     assert "did not train" not in report.headline_table(clean)
+
+
+def test_provenance_summarises_per_cell_params_hashes(built):
+    _, out, _ = built
+    markdown = (out / "report.md").read_text()
+    row = next(line for line in markdown.splitlines() if line.startswith("| params_hash |"))
+    assert "distinct values: each run hashes its own cell" in row or row.count("(") == 0
+    assert row.count(" runs)") == 0  # never one entry per run
