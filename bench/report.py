@@ -30,6 +30,7 @@ import pandas as pd
 from bench import figures, invariance_report, timing_report
 from bench.aggregate import CONFIDENCE, TARGET_RULE, Run, load_runs, statistics
 
+FIGURES = "figures"  # subdirectory of reports/<profile>/ holding every PNG (dvc.yaml plots)
 HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
 PROBE_EXPECTED = ("sgd", "adam", "kfac")
 PROVENANCE_KEYS = (
@@ -68,6 +69,7 @@ def headline_frame(summary: pd.DataFrame) -> pd.DataFrame:
     """Problem × optimizer: seeds, final training loss and test accuracy (%) as mean ± std over
     the non-diverged seeds, diverged counts beside them."""
     stats = statistics(summary).set_index(["problem", "optimizer", "metric"])
+    stalled = stalled_cells(summary)
     rows = []
     for problem, optimizer in stats.index.droplevel("metric").unique().sort_values():
         loss = stats.loc[(problem, optimizer, "final_train_loss")]
@@ -75,7 +77,7 @@ def headline_frame(summary: pd.DataFrame) -> pd.DataFrame:
         rows.append(
             {
                 "problem": problem,
-                "optimizer": optimizer,
+                "optimizer": optimizer + (STALLED_MARK if (problem, optimizer) in stalled else ""),
                 "seeds": str(int(loss["runs"])),
                 "final training loss": mean_std(loss),
                 "test accuracy (%)": mean_std(accuracy, percent=True),
@@ -123,17 +125,17 @@ def headline_table(summary: pd.DataFrame) -> str:
     Cells in which no run lowered the training loss are marked and explained under the table.
     """
     frame = headline_frame(summary)
-    stalled = stalled_cells(summary)
     lines = ["| " + " | ".join(frame.columns) + " |", "|---|---|---:|---:|---:|"]
-    for row in frame.to_numpy().tolist():
-        if (row[0], row[1]) in stalled:
-            row[1] += STALLED_MARK
-        lines.append("| " + " | ".join(row) + " |")
-    if stalled:
-        never = _never_stepped(summary, stalled)
-        note = STALLED_NOTE + (NO_STEP_NOTE.format(names=", ".join(never)) if never else "")
-        lines += ["", note]
+    lines += ["| " + " | ".join(row) + " |" for row in frame.to_numpy().tolist()]
+    if stalled_cells(summary):
+        lines += ["", headline_note(summary)]
     return "\n".join(lines) + "\n"
+
+
+def headline_note(summary: pd.DataFrame) -> str:
+    """The sentence under the headline that explains its "(did not train)" marks."""
+    never = _never_stepped(summary, stalled_cells(summary))
+    return STALLED_NOTE + (NO_STEP_NOTE.format(names=", ".join(never)) if never else "")
 
 
 def readme_headline(readme: str) -> str | None:
@@ -150,6 +152,7 @@ class Document:
 
     def __init__(self) -> None:
         self.blocks: list[tuple] = []
+        self.root: Path | None = None  # figure paths in Markdown are relative to it
 
     def heading(self, level: int, text: str) -> None:
         self.blocks.append(("heading", level, text))
@@ -175,7 +178,9 @@ class Document:
                 rows = [list(frame.columns), ["---"] * frame.shape[1], *frame.to_numpy().tolist()]
                 out.append("\n".join("| " + " | ".join(row) + " |" for row in rows))
             else:
-                out.append(f"![{block[2]}]({block[1].name})")
+                path = block[1]
+                relative = path.relative_to(self.root) if self.root is not None else path.name
+                out.append(f"![{block[2]}]({Path(relative).as_posix()})")
         return "\n\n".join(out) + "\n"
 
     def html(self, title: str) -> str:
@@ -325,6 +330,7 @@ def _problem_section(
     every_optimizer: Sequence[str],
 ) -> None:
     problem, note = runs[0].problem, regenerate_note(runs)
+    out_dir = out_dir / FIGURES
     present = sorted({run.optimizer for run in runs})
     absent = [o for o in every_optimizer if o not in present]
     cell = stats[stats["problem"] == problem].set_index(["optimizer", "metric"])
@@ -402,6 +408,8 @@ def build_report(results: Path, profile: str, out_dir: Path) -> Document:
     all_optimizers = sorted({run.optimizer for run in runs})
     palette = figures.colors(all_optimizers)
     document = Document()
+    document.root = out_dir
+    (out_dir / FIGURES).mkdir(parents=True, exist_ok=True)
     document.heading(1, f"hobench report — profile `{profile}`")
     document.paragraph(
         f"{len(runs)} runs; problems: {', '.join(sorted({r.problem for r in runs}))}; "
@@ -417,12 +425,14 @@ def build_report(results: Path, profile: str, out_dir: Path) -> Document:
     )
     document.heading(2, "Headline")
     document.table(headline_frame(summary))
+    if stalled_cells(summary):
+        document.paragraph(headline_note(summary))
     document.paragraph(note + " · the README copy is `headline.md`", note=True)
     for problem in sorted({run.problem for run in runs}):
         problem_runs = [run for run in runs if run.problem == problem]
         _problem_section(document, problem_runs, stats, summary, out_dir, palette, all_optimizers)
-    invariance_report.add_section(document, Path(results), profile, out_dir)
-    timing_report.add_section(document, Path(results), profile, out_dir)
+    invariance_report.add_section(document, Path(results), profile, out_dir / FIGURES)
+    timing_report.add_section(document, Path(results), profile, out_dir / FIGURES)
     document.heading(2, "Provenance")
     document.paragraph("Collected from the `provenance` record of every run's metrics.json.")
     document.table(provenance_table(runs))

@@ -526,3 +526,31 @@ def test_training_on_digits_beats_sgd_at_equal_steps():
         with torch.no_grad():
             losses[name] = F.cross_entropy(model(x[:1500]), y[:1500]).item()
     assert losses["ours"] < losses["sgd"], losses
+
+
+def test_paper_mlp_trains_on_embedded_mnist(seed):
+    """Smoke test: the paper's MLP 784-1024-200-100-10 (tanh, paper init) on the 5 000 embedded
+    MNIST images, 80 steps of batch 100 with curvature on separate batches, cuts the training
+    loss below a quarter of its initial value (measured: 5-7% over seeds 0-2). Tuned SGD (lr 0.1,
+    momentum 0.9) goes lower at equal steps on this model (see the closing notes and the
+    README's headline): the digits test above is where ours beats SGD."""
+    from bench.data import load_arrays
+    from bench.models import mlp_mnist
+
+    splits = load_arrays("mnist5k", seed=0)
+    x = torch.as_tensor(splits.x_train).flatten(1)
+    y = torch.as_tensor(splits.y_train)
+    data = [(x[i : i + 100], y[i : i + 100]) for i in range(0, 3000, 100)]
+    curvature_data = [(x[3000 + i : 3100 + i], y[3000 + i : 3100 + i]) for i in (0, 100, 200)]
+    torch.manual_seed(seed)
+    model = mlp_mnist()
+    optimizer = PartitionedNewton.from_model(model, lr=0.3, update_every=5, warmup=1)
+    with torch.no_grad():
+        initial = F.cross_entropy(model(x[:3000]), y[:3000]).item()
+    losses = train(model, optimizer, data, curvature_data, 80)
+    with torch.no_grad():
+        final = F.cross_entropy(model(x[:3000]), y[:3000]).item()
+    assert all(math.isfinite(value) for value in losses)
+    assert final < 0.25 * initial, (initial, final)
+    counts = optimizer.state["partitioned_newton"]["status_counts"]
+    assert sum(counts.values()) >= 10 and optimizer.state["partitioned_newton"]["eta"] is not None

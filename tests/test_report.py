@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def test_report_files_exist_and_list_every_optimizer(built):
     for problem in LAYOUT:
         assert f"Problem `{problem}`" in markdown
         for kind in ("loss", "accuracy", "eta", "ablation", "probe"):
-            assert (out / f"{kind}_{problem}.png").read_bytes().startswith(PNG_MAGIC)
+            assert (out / "figures" / f"{kind}_{problem}.png").read_bytes().startswith(PNG_MAGIC)
     for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
         assert (out / target).is_file(), target
     assert markdown.count("regenerate: `dvc repro report`") >= 2 * 8
@@ -154,7 +155,10 @@ def test_missing_pieces_are_reported_as_absent(tmp_path):
     assert "Absent variants: partitioned_newton_diag, partitioned_newton_order2, cauchy." in (
         markdown
     )
-    assert not (out / "eta_toy_lenet.png").exists() and (out / "eta_toy_mlp.png").exists()
+    assert (
+        not (out / "figures" / "eta_toy_lenet.png").exists()
+        and (out / "figures" / "eta_toy_mlp.png").exists()
+    )
 
 
 def test_all_seeds_diverged_is_shown_as_diverged(tmp_path):
@@ -170,7 +174,7 @@ def test_all_seeds_diverged_is_shown_as_diverged(tmp_path):
 
 def test_a_failing_report_leaves_the_previous_one_intact(tmp_path, monkeypatch):
     results, out, _ = _build(tmp_path, layout={"toy_mlp": LAYOUT["toy_mlp"]})
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     def broken(*args, **kwargs):
         raise RuntimeError("figure failed")
@@ -180,7 +184,7 @@ def test_a_failing_report_leaves_the_previous_one_intact(tmp_path, monkeypatch):
         report.main(
             ["--profile", "default", "--results", str(results), "--reports", str(out.parent)]
         )
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["default"]  # no staging left
 
 
@@ -312,3 +316,27 @@ def test_provenance_summarises_per_cell_params_hashes(built):
     row = next(line for line in markdown.splitlines() if line.startswith("| params_hash |"))
     assert "distinct values: each run hashes its own cell" in row or row.count("(") == 0
     assert row.count(" runs)") == 0  # never one entry per run
+
+
+def test_markdown_figure_links_resolve_inside_the_report_directory(built):
+    _, out, _ = built
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (out / "report.md").read_text())
+    assert links and all(link.startswith("figures/") for link in links), links
+    for link in links:
+        assert (out / link).read_bytes().startswith(PNG_MAGIC), link
+
+
+def test_dvc_plots_show_renders_the_committed_figures_offline(tmp_path):
+    """`dvc plots show` with the committed template: every figure, no URL to fetch."""
+    dvc = Path(sys.executable).with_name("dvc")
+    result = subprocess.run(
+        [str(dvc), "plots", "show", "-o", str(tmp_path / "plots")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "plots" / "index.html").read_text()
+    figures = sorted((ROOT / "reports" / "default" / "figures").glob("*.png"))
+    assert figures and page.count("<img") == len(figures)
+    assert not re.search(r"""(src|href)=["']?https?://""", page), "the page fetches from the web"
+    assert "failed" not in result.stderr.lower(), result.stderr
