@@ -60,7 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     args = parser.parse_args(argv)
     current = args.readme.read_text()
-    refreshed = render(current, args.readme.resolve().parent)
+    try:
+        refreshed = render(current, args.readme.resolve().parent)
+    except FileNotFoundError as error:
+        print(
+            f"{error.filename} is missing: run `make repro` (headline), `make derivative-cost` "
+            "or `make step-cost` first",
+            file=sys.stderr,
+        )
+        return 1
+    except ValueError as error:  # missing markers
+        print(f"{args.readme}: {error}", file=sys.stderr)
+        return 1
     if refreshed == current:
         print(f"{args.readme}: generated blocks are up to date")
         return 0

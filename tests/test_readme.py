@@ -55,3 +55,15 @@ def test_readme_sync_replaces_only_the_block_and_check_detects_staleness(tmp_pat
     assert sync.main(["--check", "--readme", str(readme)]) == 1
     assert sync.main(["--readme", str(readme)]) == 0
     assert readme.read_text() == (ROOT / "README.md").read_text()
+
+
+def test_readme_sync_explains_a_missing_source_or_marker(tmp_path, capsys):
+    from bench import readme as sync
+
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text())
+    assert sync.main(["--readme", str(readme)]) == 1  # no reports/ or results/ beside it
+    assert "is missing: run `make repro`" in capsys.readouterr().err
+    readme.write_text("no markers at all\n")
+    assert sync.main(["--check", "--readme", str(readme)]) == 1
+    assert readme.read_text() == "no markers at all\n"
