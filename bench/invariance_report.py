@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from bench import figures  # noqa: E402
+
 
 def load_invariance(results: Path, profile: str) -> dict[str, dict[str, Any]]:
     """``{problem: record}`` of every invariance JSON (empty when the stage has not run)."""
@@ -73,8 +75,7 @@ def invariance_figure(records: dict[str, dict[str, Any]], path: Path) -> Path:
         axes.set_title(f"{problem} ({record['dtype']})")
         axes.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    return path
+    return figures.save_png(figure, path, dpi=110)
 
 
 def add_section(document: Any, results: Path, profile: str, out_dir: Path) -> None:

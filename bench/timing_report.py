@@ -14,6 +14,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from bench import figures  # noqa: E402
+
 SWEEPS = (
     ("subsets", "subsets", "S (number of subsets)"),
     ("width", "width", "width"),
@@ -58,8 +60,7 @@ def scaling_figure(scaling: pd.DataFrame, path: Path) -> Path:
         axes.legend(fontsize=7)
     figure.suptitle("projected_derivatives cost (tanh MLP; one gradient = 1)")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    return path
+    return figures.save_png(figure, path, dpi=100)
 
 
 def add_section(document: Any, results: Path, profile: str, out_dir: Path) -> None:

@@ -340,3 +340,17 @@ def test_dvc_plots_show_renders_the_committed_figures_offline(tmp_path):
     assert figures and page.count("<img") == len(figures)
     assert not re.search(r"""(src|href)=["']?https?://""", page), "the page fetches from the web"
     assert "failed" not in result.stderr.lower(), result.stderr
+
+
+def test_figures_are_deterministic_palette_pngs(tmp_path):
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    rng = np.random.default_rng()
+    figure, axes = plt.subplots()
+    axes.plot(rng.normal(size=50))
+    paths = [figures.save_png(figure, tmp_path / f"{i}.png") for i in range(2)]
+    plt.close(figure)
+    assert paths[0].read_bytes() == paths[1].read_bytes()  # same figure, same bytes
+    with Image.open(paths[0]) as image:
+        assert image.format == "PNG" and image.mode == "P"
