@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import finite_difference_check
 from torch import nn
 
 from optimizers.exact_ops import exact_higher_order
@@ -38,9 +39,8 @@ def _second_derivative(f, x, w, t0):
 
 
 def _finite_difference_third(f, x, w, t0, h=1e-3):
-    """Four-point central difference of the second derivative (error O(h⁴))."""
-    s = lambda t: _second_derivative(f, x, w, t)
-    return (-s(t0 + 2 * h) + 8 * s(t0 + h) - 8 * s(t0 - h) + s(t0 - 2 * h)) / (12 * h)
+    """Central differences of the second derivative (tests/reference.py, Richardson, O(h⁶))."""
+    return finite_difference_check(lambda t: _second_derivative(f, x, w, t), t0, 1.0, h)
 
 
 OPERATORS = {
