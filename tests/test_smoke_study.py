@@ -1,0 +1,64 @@
+"""bench.smoke_study: the equal-steps study behind the optimizer's smoke test (tiny grids)."""
+
+import json
+import math
+
+import pytest
+
+from bench import smoke_study
+
+
+def tiny(tmp_path, name="study.json", *extra):
+    out = tmp_path / name
+    argv = ["--out", str(out), "--steps", "1,3", "--seeds", "0", "--sgd-lr", "0.1"]
+    argv += ["--lr", "0.6", "--partitions", "per_tensor", "--schedules", "1:0", *extra]
+    assert smoke_study.main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_runs_both_families_deterministically(tmp_path):
+    first = tiny(tmp_path, "a.json")
+    second = tiny(tmp_path, "b.json")
+    assert [r["losses"] for r in first["rows"]] == [r["losses"] for r in second["rows"]]
+    assert [r["family"] for r in first["rows"]] == ["sgd", "partitioned_newton"]
+    for row in first["rows"]:
+        assert len(row["losses"]) == 1 and len(row["losses"][0]) == 2
+        assert all(math.isfinite(v) for v in row["losses"][0])
+        # three steps of either optimizer lower the training loss from its initial value
+        assert row["losses"][0][1] < first["initial_loss"]
+    assert first["provenance"]["params_hash"] == second["provenance"]["params_hash"]
+    assert first["settings"]["steps"] == [1, 3]
+
+
+def test_best_skips_diverged_and_markdown_marks_it():
+    rows = [
+        {"family": "sgd", "label": "sgd a", "mean": [0.5], "min": [0.4], "max": [0.6],
+         "diverged_seeds": 0},
+        {"family": "sgd", "label": "sgd b", "mean": [0.1], "min": [0.1], "max": [0.1],
+         "diverged_seeds": 1},
+        {"family": "partitioned_newton", "label": "ours", "mean": [0.7], "min": [0.7],
+         "max": [0.7], "diverged_seeds": 0},
+    ]  # fmt: skip
+    assert smoke_study.best(rows, "sgd", 0)["label"] == "sgd a"
+    result = {"settings": {"steps": [10], "seeds": [0, 1]}, "rows": rows, "initial_loss": 2.3}
+    table = smoke_study.markdown(result).splitlines()
+    assert table[2] == "| sgd a | 0 | **0.5 [0.4, 0.6]** |"
+    assert table[3] == "| sgd b | 1 | 0.1 [0.1, 0.1] |"
+    assert table[4] == "| ours | 0 | **0.7 [0.7, 0.7]** |"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--partitions", "per_layer", "unknown partition 'per_layer'"),
+        ("--schedules", "10", "a schedule is T:W"),
+        ("--steps", "3,1", "increasing positive steps"),
+        ("--curvature-batch", "900", "needs 5700 training images"),
+    ],
+)
+def test_bad_arguments_are_named(tmp_path, capsys, flag, value, message):
+    out = tmp_path / "never.json"
+    with pytest.raises(SystemExit):
+        smoke_study.main(["--out", str(out), flag, value, "--sgd-lr", "0.1", "--lr", ""])
+    assert message in capsys.readouterr().err
+    assert not out.exists()
