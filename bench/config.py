@@ -480,7 +480,7 @@ def load_extensions(
         if entry is None:
             continue
         key = f"optimizers.{name}.register"
-        existing = registry._REGISTRY.get(name)
+        existing = registry.get_spec(name) if name in registry.available() else None
         if existing is not None and existing.builtin:
             fail(key, f"{name!r} is a built-in optimizer: choose another name")
         if (entry.torch_optimizer is None) == (entry.factory is None):
@@ -496,8 +496,7 @@ def load_extensions(
             if entry.torch_optimizer is not None:
                 registry.register_torch_optimizer(name, entry.torch_optimizer, **options)
             else:
-                factory = registry._resolve(entry.factory)
-                registry.register_optimizer(name, factory, **options)
+                registry.register_optimizer(name, entry.factory, **options)
         except ValueError as error:
             fail(key, str(error))
 

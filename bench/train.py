@@ -200,17 +200,27 @@ def train_cell(
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cell_arguments(
+    description: str, argv: list[str] | None, *, seed: bool
+) -> tuple[argparse.Namespace, Config]:
+    """The command line of a per-cell stage (train: with ``--seed``; tune: without), its
+    validated config, the cell checked and torch set up (threads, determinism) from the config."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--problem", required=True)
     parser.add_argument("--optimizer", required=True)
-    parser.add_argument("--seed", type=int, required=True)
+    if seed:
+        parser.add_argument("--seed", type=int, required=True)
     args = parser.parse_args(argv)
     config = load_config(args.params)
-    check_cell(config, args.problem, args.optimizer, args.seed)
+    check_cell(config, args.problem, args.optimizer, args.seed if seed else None)
     setup_torch(config.train.threads, config.train.deterministic)
+    return args, config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, config = cell_arguments(__doc__.splitlines()[0], argv, seed=True)
     metrics = train_cell(config, args.problem, args.optimizer, args.seed, results=args.results)
     state = f"diverged at epoch {metrics['diverged_epoch']}" if metrics["diverged"] else "done"
     print(

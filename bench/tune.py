@@ -15,17 +15,16 @@ Output: ``{"problem", "optimizer", "grid": [{<swept hyperparameters incl. lr>, "
 
 from __future__ import annotations
 
-import argparse
 import math
 from itertools import product
 from pathlib import Path
 from typing import Any
 
-from bench.config import Config, load_config, resolve_device
+from bench.config import Config, resolve_device
 from bench.io import write_json_atomic
-from bench.loop import build_run, run_training, setup_torch
+from bench.loop import build_run, run_training
 from bench.provenance import provenance
-from bench.train import check_cell, file_digest, run_settings
+from bench.train import cell_arguments, check_cell, file_digest, run_settings
 
 PROTOCOL = (
     "Learning rate tuned per (problem, optimizer) on the validation split with one seed "
@@ -162,15 +161,7 @@ def tune_cell(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--results", type=Path, default=Path("results"))
-    parser.add_argument("--problem", required=True)
-    parser.add_argument("--optimizer", required=True)
-    args = parser.parse_args(argv)
-    config = load_config(args.params)
-    check_cell(config, args.problem, args.optimizer)
-    setup_torch(config.train.threads, config.train.deterministic)
+    args, config = cell_arguments(__doc__.splitlines()[0], argv, seed=False)
     output = tune_cell(config, args.problem, args.optimizer, results=args.results)
     losses = ", ".join(f"lr {r['lr']:g}: {r['valid_loss']:.4g}" for r in output["grid"])
     print(f"tune {args.problem}/{args.optimizer}: best {output['best']} ({losses})")

@@ -127,7 +127,7 @@ _REGISTRY: dict[str, OptimizerSpec] = {}
 
 def register_optimizer(
     name: str,
-    factory: Factory,
+    factory: Factory | str,
     *,
     defaults: Mapping[str, Any],
     lr_grid: Sequence[float],
@@ -138,6 +138,8 @@ def register_optimizer(
 ) -> OptimizerSpec:
     """Register ``factory`` under ``name`` and return its spec.
 
+    ``factory`` may be a dotted path (``"pkg.mod:make"`` or ``"pkg.mod.make"``), imported here.
+
     ``grid`` adds tuning axes besides ``lr`` (each a key of ``defaults``). Raises ValueError for
     an existing name (unless ``replace=True``), a ``defaults`` without ``lr``, an empty or
     negative ``lr_grid``, or a grid axis that is not a hyperparameter.
@@ -146,6 +148,8 @@ def register_optimizer(
         raise ValueError(f"optimizer name must be a non-empty string, got {name!r}")
     if name in _REGISTRY and not replace:
         raise ValueError(f"optimizer {name!r} is already registered (pass replace=True)")
+    if isinstance(factory, str):
+        factory = _resolve(factory)
     if not callable(factory):
         raise ValueError(f"{name}: factory must be callable, got {factory!r}")
     defaults = dict(defaults)

@@ -313,6 +313,19 @@ def test_register_torch_optimizer_from_a_dotted_path(scratch_registry):
         )
 
 
+def test_register_optimizer_from_a_dotted_factory_path(scratch_registry):
+    """What params.yaml's ``register: {factory: "pkg.mod:make"}`` goes through."""
+    spec = register_optimizer(
+        "rmsprop", f"{__name__}:_make_rmsprop", defaults={"lr": 0.1}, lr_grid=[0.1], description=""
+    )
+    assert spec.factory is _make_rmsprop
+    assert isinstance(make("rmsprop", _mlp(0, torch.float64)).optimizer, torch.optim.RMSprop)
+    with pytest.raises(ValueError, match="cannot import 'no_such_module:make'"):
+        register_optimizer(
+            "nope", "no_such_module:make", defaults={"lr": 0.1}, lr_grid=[0.1], description=""
+        )
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
