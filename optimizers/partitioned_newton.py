@@ -354,21 +354,31 @@ class PartitionedNewton(torch.optim.Optimizer):
             params.update(zip(group["names"], group["params"], strict=True))
         direction = dict(zip([n for g in names for n in g], directions, strict=True))
         order = 3 if self.options["lambda_int"] > 0 else 2
+        values: list[Tensor] = []
+
+        def recorded(named: dict[str, Tensor]) -> Tensor:
+            # The loss value itself is checked too: a NaN loss can have finite (zero)
+            # derivatives, e.g. the mean over an empty curvature batch.
+            loss = curvature_loss(named)
+            values.append(loss.detach())
+            return loss
+
         with torch.enable_grad():  # projected_derivatives builds θ + η u in the caller's mode
             derivatives = projected_derivatives(
-                curvature_loss, params, names, direction, order=order, diagonal=True
+                recorded, params, names, direction, order=order, diagonal=True
             )
         num = len(names)
         third = derivatives[2] if order == 3 else torch.zeros_like(derivatives[0])
-        packed = torch.cat([derivatives[0], derivatives[1].reshape(-1), third])
+        value = values[0].reshape(1).to(derivatives[0].dtype)
+        packed = torch.cat([derivatives[0], derivatives[1].reshape(-1), third, value])
         world = _world_size()
-        if world > 1:
+        if world > 1:  # a non-finite loss on any rank makes every rank skip this estimate
             dist.all_reduce(packed)
             packed.div_(world)
         packed = packed.to(device="cpu", dtype=torch.float64)
         if not bool(torch.isfinite(packed).all()):
             return None
-        gradient, hessian, third = packed.split([num, num * num, num])
+        gradient, hessian, third, _ = packed.split([num, num * num, num, 1])
         return gradient, hessian.reshape(num, num), third
 
     def _push(self, gradient: Tensor, hessian: Tensor, third: Tensor) -> None:

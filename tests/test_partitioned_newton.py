@@ -401,6 +401,26 @@ def test_non_finite_curvature_and_failed_solve_keep_the_previous_eta(seed):
     assert optimizer.last_diagnostics["event"] == "failed"
 
 
+def test_nan_curvature_loss_with_finite_derivatives_is_skipped(seed):
+    """An empty curvature batch: the mean is 0/0 = NaN but every derivative is 0 (finite); the
+    estimate must not enter the averaging window (it would shrink ḡ, H̄ and D^3 silently)."""
+    gen = torch.Generator().manual_seed(seed)
+    model = mlp(gen)
+    data, curvature_data = batches(gen, 1), batches(gen, 1)
+    optimizer = PartitionedNewton.from_model(model, update_every=1, warmup=0, average=3)
+    train(model, optimizer, data, curvature_data, 2)
+    window = {k: v.clone() for k, v in optimizer.state[GLOBAL]["window"].items()}
+    x, y = curvature_data[0]
+    empty = functional_loss(model, F.cross_entropy, x[:0], y[:0])
+    assert math.isnan(float(empty({n: p.detach() for n, p in model.named_parameters()})))
+    closure = closure_for(model, optimizer, functional_loss(model, F.cross_entropy, *data[0]))
+    optimizer.step(closure, empty)
+    assert optimizer.state[GLOBAL]["skipped_estimates"] == 1
+    assert optimizer.last_diagnostics["event"] == "non_finite_curvature"
+    for key, value in optimizer.state[GLOBAL]["window"].items():
+        assert torch.equal(value, window[key]), key
+
+
 def test_no_step_before_a_solved_eta():
     model = Coordinates(torch.tensor([1.0, -2.0], dtype=DT))
     loss = quadratic(-torch.eye(2, dtype=DT), torch.zeros(2, dtype=DT))  # concave: no solve
