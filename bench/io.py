@@ -28,6 +28,8 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
+            if hasattr(os, "fchmod"):  # mkstemp creates 0600; give what open() would have
+                os.fchmod(file.fileno(), 0o666 & ~_umask())
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
@@ -36,6 +38,12 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, allow_nan: bool = False) -> Path:

@@ -551,9 +551,11 @@ def test_training_on_digits_beats_sgd_at_equal_steps():
 def test_paper_mlp_trains_on_embedded_mnist(seed):
     """Smoke test: the paper's MLP 784-1024-200-100-10 (tanh, paper init) on the 5 000 embedded
     MNIST images, 80 steps of batch 100 with curvature on separate batches, cuts the training
-    loss below a quarter of its initial value (measured: 5-7% over seeds 0-2). Tuned SGD (lr 0.1,
-    momentum 0.9) goes lower at equal steps on this model (see the closing notes and the
-    README's headline): the digits test above is where ours beats SGD."""
+    loss below a quarter of its initial value (measured: 5-7% over seeds 0-2). It does not
+    assert "below SGD's": tuned SGD goes lower at equal steps on this model. `python -m
+    bench.smoke_study` (results/smoke_study.json, README "Against tuned SGD at equal steps"):
+    best SGD of 6 learning rates 0.073, best of ours over 16 configurations 0.090 at 80 steps.
+    The digits test above is where ours beats SGD."""
     from bench.data import load_arrays
     from bench.models import mlp_mnist
 

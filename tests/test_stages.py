@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -366,6 +368,23 @@ def test_atomic_json_keeps_the_previous_file_when_writing_fails(tmp_path):
     write_json_atomic(path, {"a": math.inf, "b": math.nan}, allow_nan=True)
     values = read_json(path)
     assert values["a"] == math.inf and math.isnan(values["b"])
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX permissions")
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    """mkstemp creates 0600 files: results written atomically must stay readable by others
+    under the usual umask, exactly as open(path, "w") would leave them."""
+    from bench.io import write_bytes_atomic
+
+    for mask in (0o022, 0o077, 0o002):
+        previous = os.umask(mask)
+        try:
+            plain = tmp_path / f"plain-{mask:o}"
+            plain.write_bytes(b"x")
+            atomic = write_bytes_atomic(tmp_path / f"atomic-{mask:o}", b"x")
+        finally:
+            os.umask(previous)
+        assert stat.S_IMODE(atomic.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode), mask
 
 
 def test_provenance_record_has_the_contract_keys(tmp_path):
