@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.metadata
 import io
 import json
 import os
@@ -398,6 +399,18 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
+def source_versions(source: str) -> dict[str, str]:
+    """numpy's version and that of the distribution providing ``source``'s top-level module
+    (``"sklearn.datasets.load_digits"`` → scikit-learn): what the prepared arrays depend on
+    besides the code, recorded so that two machines' data files can be told apart."""
+    versions = {"numpy": np.__version__}
+    top = source.split(".", 1)[0] if source else ""
+    for name in importlib.metadata.packages_distributions().get(top, []):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return versions
+
+
 def save_splits(splits: Splits, path: str | os.PathLike) -> Path:
     """Write ``splits`` as one compressed .npz with a ``metadata`` JSON entry, atomically.
 
@@ -416,6 +429,7 @@ def save_splits(splits: Splits, path: str | os.PathLike) -> Path:
         "fractions": list(splits.fractions),
         "source": splits.source,
         "normalisation": splits.normalisation,
+        "software": source_versions(splits.source),
         "arrays": {
             key: {"shape": list(a.shape), "dtype": str(a.dtype), "sha256": _digest(a)}
             for key, a in arrays.items()

@@ -2,12 +2,15 @@
 
     provenance(seed=0, device="cpu", threads=1, params={...}) ->
         {"git_commit", "git_dirty", "params_hash", "torch", "python", "hobench", "numpy",
-         "device", "threads", "seed", "hostname", "cpu", "created"}
+         "device", "threads", "seed", "hostname", "cpu", "cpu_capability", "created"}
 
 ``git_dirty`` ignores what the pipeline itself writes while it runs (``dvc.lock``, ``results/``,
 ``reports/``): it says whether the code or the params differ from ``git_commit``. Outside a git
 checkout both git fields are ``None``. ``params_hash`` is the SHA-256 (first 16 hex digits) of the
-canonical JSON of the params the result depends on (keys sorted).
+canonical JSON of the params the result depends on (keys sorted). ``cpu_capability`` is the
+vector instruction set torch's CPU kernels dispatch to (``torch.backends.cpu.get_cpu_capability()``,
+e.g. AVX2, AVX512): float32 results are bitwise reproducible for the same value (and thread count),
+not across values.
 """
 
 from __future__ import annotations
@@ -93,5 +96,6 @@ def provenance(
         "seed": seed,
         "hostname": socket.gethostname(),
         "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }

@@ -35,7 +35,7 @@ HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->
 PROBE_EXPECTED = ("sgd", "adam", "kfac")
 PROVENANCE_KEYS = (
     "git_commit", "git_dirty", "params_hash", "hobench", "torch", "python", "numpy",
-    "device", "threads", "cpu", "hostname", "created",
+    "device", "threads", "cpu", "cpu_capability", "hostname", "created",
 )  # fmt: skip
 CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;
 color:#222}table{border-collapse:collapse;margin:.6em 0;font-size:.9em}

@@ -74,7 +74,8 @@ def add_section(document: Any, results: Path, profile: str, out_dir: Path) -> No
         "Step cost per optimizer, amortised over a period of steps (ours recomputes its "
         "curvature once per period), as gradient-equivalents (one forward + backward on the "
         "same batch) and × the SGD step; all timed interleaved in one process, medians over "
-        f"rounds. Machine: {environment.get('cpu')}, {environment.get('threads')} thread(s), "
+        f"rounds. Machine: {environment.get('cpu')} (torch kernels: "
+        f"{environment.get('cpu_capability', 'unknown')}), {environment.get('threads')} thread(s), "
         f"torch {environment.get('torch')}, commit `{str(environment.get('git_commit'))[:12]}`."
     )
     document.table(steps_frame(pd.read_csv(folder / "steps.csv")))

@@ -53,6 +53,7 @@ def provenance(seed: int) -> dict:
         "seed": seed,
         "hostname": "synthetic-host",
         "cpu": "Synthetic CPU @ 1 GHz",
+        "cpu_capability": "AVX2",
         "created": "2025-01-01T00:00:00+00:00",
     }
 

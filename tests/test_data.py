@@ -9,6 +9,7 @@ the raw integer pixel values, and the three splits together must be exactly the 
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -302,6 +303,15 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded.normalisation == splits.normalisation
     with np.load(path) as stored:
         assert "sha256" in str(stored["metadata"]) and "sklearn" in str(stored["metadata"])
+        software = json.loads(str(stored["metadata"]))["software"]
+    import sklearn
+
+    assert software == {"numpy": np.__version__, "scikit-learn": sklearn.__version__}
+
+
+def test_source_versions_of_a_path_or_unknown_module_is_numpy_only(tmp_path):
+    assert data.source_versions(str(tmp_path / "mnist")) == {"numpy": np.__version__}
+    assert data.source_versions("") == {"numpy": np.__version__}
 
 
 def test_load_rejects_an_array_that_does_not_match_its_digest(tmp_path):

@@ -393,7 +393,7 @@ def test_provenance_record_has_the_contract_keys(tmp_path):
     record = provenance(seed=3, device="cpu", threads=2, params={"b": 1, "a": [1, 2]})
     assert list(record) == [
         "git_commit", "git_dirty", "params_hash", "torch", "python", "hobench", "numpy",
-        "device", "threads", "seed", "hostname", "cpu", "created",
+        "device", "threads", "seed", "hostname", "cpu", "cpu_capability", "created",
     ]  # fmt: skip
     assert record["seed"] == 3 and record["threads"] == 2 and record["torch"] == torch.__version__
     assert params_hash({"a": [1, 2], "b": 1}) == record["params_hash"]
