@@ -102,8 +102,10 @@ def run(
     data: tuple[torch.Tensor, torch.Tensor],
     curvature_batch: int = BATCH,
     device: str | torch.device = "cpu",
+    recomputations: list[dict[str, Any]] | None = None,
 ) -> list[float]:
-    """Training losses (on the 3 000 training images) after each count of ``steps``."""
+    """Training losses (on the 3 000 training images) after each count of ``steps``. For ours,
+    ``recomputations`` (if given) receives {step, event, status, eta} per recomputation."""
     x, y = (tensor.to(device) for tensor in data)
     batches = [(x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, TRAIN_SIZE, BATCH)]
     start = TRAIN_SIZE
@@ -137,7 +139,37 @@ def run(
         done = target
         with torch.no_grad():
             losses.append(F.cross_entropy(model(x[:TRAIN_SIZE]), y[:TRAIN_SIZE]).item())
+    if recomputations is not None and isinstance(optimizer, PartitionedNewton):
+        keys = ("step", "event", "status", "eta")
+        recomputations.extend({k: r[k] for k in keys} for r in optimizer.diagnostics)
     return losses
+
+
+def eta_summary(row: dict[str, Any]) -> dict[str, Any] | None:
+    """What ours did with its step sizes over every seed's solved recomputations: how many
+    subsets had η_s = 0 (clipped or solved to 0) per recomputation, and the quantiles of
+    λ1·η_s of the first subset (the first layer's weight or module), the factor its u is
+    multiplied by; None for SGD or when nothing was solved."""
+    if row["family"] != "partitioned_newton":
+        return None
+    solved = [r["eta"] for seed in row["recomputations"] for r in seed if r["event"] == "solved"]
+    if not solved:
+        return None
+    zeros = sorted(sum(value == 0.0 for value in eta) for eta in solved)
+    first = sorted(row["lr"] * eta[0] for eta in solved)
+
+    def quantile(values: list[float], q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    return {
+        "solved": len(solved),
+        "subsets": len(solved[0]),
+        "zero_subsets_median": quantile(zeros, 0.5),
+        "zero_subsets_range": [zeros[0], zeros[-1]],
+        "first_subset_step_quantiles": {
+            f"p{round(100 * q)}": quantile(first, q) for q in (0.1, 0.5, 0.9)
+        },
+    }
 
 
 def load_data(curvature_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,7 +204,11 @@ def study(
         initial = F.cross_entropy(mlp_mnist()(data[0][:TRAIN_SIZE]), data[1][:TRAIN_SIZE]).item()
     rows = []
     for config in grid:
-        per_seed = [run(config, seed, steps, data, curvature_batch, device) for seed in seeds]
+        recomputations: list[list[dict[str, Any]]] = [[] for _ in seeds]
+        per_seed = [
+            run(config, seed, steps, data, curvature_batch, device, recomputations[i])
+            for i, seed in enumerate(seeds)
+        ]
         diverged = [not math.isfinite(s[-1]) or s[-1] > DIVERGED * initial for s in per_seed]
         columns = list(zip(*per_seed, strict=True))
         row = {
@@ -184,6 +220,9 @@ def study(
             "min": [min(c) for c in columns],
             "max": [max(c) for c in columns],
         }
+        if config["family"] == "partitioned_newton":
+            row["recomputations"] = recomputations
+            row["eta_summary"] = eta_summary(row)
         rows.append(row)
         log(f"{row['label']}: " + ", ".join(f"{m:.4g}" for m in row["mean"]), flush=True)
     return {"initial_loss": initial, "rows": rows}
@@ -220,6 +259,18 @@ def markdown(result: dict[str, Any]) -> str:
         f"Training loss on {TRAIN_SIZE} images, mean [min, max] over seeds {seeds}; bold: the "
         f"best of each family at that step count (initial loss {result['initial_loss']:.4g})."
     )
+    summaries = [(r["label"], r.get("eta_summary")) for r in result["rows"]]
+    if any(summary for _, summary in summaries):
+        lines += ["", "| configuration | solved | subsets with η = 0 (median, range) | "
+                  "λ1·η of the first subset (10%, 50%, 90%) |", "|---|---:|---|---|"]  # fmt: skip
+        for label, s in summaries:
+            if s:
+                low, high = s["zero_subsets_range"]
+                q = s["first_subset_step_quantiles"]
+                lines.append(
+                    f"| {label} | {s['solved']} | {s['zero_subsets_median']} of {s['subsets']} "
+                    f"({low}–{high}) | {q['p10']:.3g}, {q['p50']:.3g}, {q['p90']:.3g} |"
+                )
     return "\n".join(lines)
 
 

@@ -28,6 +28,31 @@ def test_runs_both_families_deterministically(tmp_path):
         assert row["losses"][0][1] < first["initial_loss"]
     assert first["provenance"]["params_hash"] == second["provenance"]["params_hash"]
     assert first["settings"]["steps"] == [1, 3]
+    ours = first["rows"][1]
+    # T = 1, W = 0: a recomputation per step, solved or failed; η has 8 subsets (4 layers)
+    records = ours["recomputations"][0]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    solved = [r["eta"] for r in records if r["event"] == "solved"]
+    summary = ours["eta_summary"]
+    assert summary["solved"] == len(solved) and summary["subsets"] == 8
+    zeros = sorted(sum(v == 0.0 for v in eta) for eta in solved)
+    assert summary["zero_subsets_range"] == [zeros[0], zeros[-1]]
+    assert summary["first_subset_step_quantiles"]["p50"] in [0.6 * eta[0] for eta in solved]
+    assert "eta_summary" not in first["rows"][0]
+
+
+def test_eta_summary_counts_zero_subsets_and_scales_by_lr():
+    row = {"family": "partitioned_newton", "lr": 0.5, "recomputations": [[
+        {"event": "warmup", "eta": None},
+        {"event": "solved", "eta": [0.2, 0.0, 1.0]},
+        {"event": "failed", "eta": [0.2, 0.0, 1.0]},
+        {"event": "solved", "eta": [0.4, 0.0, 0.0]},
+    ], [{"event": "solved", "eta": [0.6, 1.0, 1.0]}]]}  # fmt: skip
+    summary = smoke_study.eta_summary(row)
+    assert summary["solved"] == 3 and summary["zero_subsets_median"] == 1
+    assert summary["zero_subsets_range"] == [0, 2]
+    assert summary["first_subset_step_quantiles"] == {"p10": 0.1, "p50": 0.2, "p90": 0.3}
+    assert smoke_study.eta_summary({"family": "sgd"}) is None
 
 
 def test_best_skips_diverged_and_markdown_marks_it():
