@@ -40,12 +40,21 @@ BATCH = 100
 DIVERGED = 10.0  # final loss above DIVERGED × initial loss (or non-finite) = diverged
 
 
-def _floats(text: str) -> list[float]:
-    return [float(item) for item in text.split(",") if item]
+def _numbers(flag: str, text: str, kind: type) -> list:
+    try:
+        return [kind(item) for item in text.split(",") if item]
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated {kind.__name__}s, got {text!r}") from None
 
 
-def _ints(text: str) -> list[int]:
-    return [int(item) for item in text.split(",") if item]
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: unknown device {name!r} (e.g. cpu, cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available on this machine")
+    return device
 
 
 def _schedules(text: str) -> list[tuple[int, int]]:
@@ -288,15 +297,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     try:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        device = _device(args.device)
         grid = configurations(
-            _floats(args.sgd_lr),
-            _floats(args.lr),
+            _numbers("--sgd-lr", args.sgd_lr, float),
+            _numbers("--lr", args.lr, float),
             [p for p in args.partitions.split(",") if p],
             _schedules(args.schedules),
         )
-        steps, seeds = _ints(args.steps), _ints(args.seeds)
+        steps = _numbers("--steps", args.steps, int)
+        seeds = _numbers("--seeds", args.seeds, int)
         torch.set_num_threads(args.threads)
-        result = study(grid, seeds, steps, args.curvature_batch, args.device)
+        result = study(grid, seeds, steps, args.curvature_batch, device)
     except ValueError as error:
         parser.error(str(error))
     settings = {

@@ -79,11 +79,16 @@ def test_best_skips_diverged_and_markdown_marks_it():
         ("--schedules", "10", "a schedule is T:W"),
         ("--steps", "3,1", "increasing positive steps"),
         ("--curvature-batch", "900", "needs 5700 training images"),
+        ("--threads", "0", "--threads must be >= 1"),
+        ("--device", "bogus", "unknown device 'bogus'"),
+        ("--steps", "a", "--steps takes comma-separated ints"),
+        ("--sgd-lr", "x", "--sgd-lr takes comma-separated floats"),
     ],
 )
 def test_bad_arguments_are_named(tmp_path, capsys, flag, value, message):
     out = tmp_path / "never.json"
+    argv = ["--out", str(out), "--sgd-lr", "0.1", "--lr", "", flag, value]
     with pytest.raises(SystemExit):
-        smoke_study.main(["--out", str(out), flag, value, "--sgd-lr", "0.1", "--lr", ""])
+        smoke_study.main(argv)
     assert message in capsys.readouterr().err
     assert not out.exists()
