@@ -524,3 +524,10 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("params.yaml: device: 'cuda' requested but CUDA is not available")
     return device
+
+
+def load_pipeline_config(path: str | Path = "params.yaml") -> Config:
+    """What every stage and reader of params.yaml calls: read and validate the whole file, import
+    its ``plugins`` and register its ``optimizers.<name>.register`` entries, then check every
+    optimizer and problem name against the registries. :class:`ConfigError` names the key."""
+    return load_config(path, check_names=True)

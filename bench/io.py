@@ -12,8 +12,9 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,3 +90,38 @@ def write_rows_csv_atomic(
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file written by :func:`write_json_atomic` (NaN / Infinity literals allowed)."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_dir_atomic(target: str | os.PathLike, build: Callable[[Path], Any]) -> Path:
+    """Build a whole directory with ``build(staging)`` and swap it in for ``target`` at once.
+
+    ``staging`` is a fresh directory beside ``target`` (same file system); when ``build``
+    returns, the previous ``target`` (if any) is moved aside, the staging directory renamed to
+    ``target`` and the old one removed. If ``build`` raises, or the process is killed, ``target``
+    is left as it was (stray ``.<name>.staging-*`` directories of earlier kills are removed
+    first). The directory gets the mode ``mkdir`` would give under the umask.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in target.parent.glob(f".{target.name}.previous-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private
+    try:
+        build(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    backup = target.parent / f".{target.name}.previous-{os.getpid()}"
+    if target.exists():
+        os.rename(target, backup)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        if backup.exists():
+            os.rename(backup, target)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+    return target
