@@ -31,7 +31,9 @@ def program_name() -> str:
     return os.path.basename(sys.argv[0]) or "bench"
 
 
-def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+def run(
+    main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None
+) -> int:
     """``main(argv)``'s status; a :class:`UserError` → one message on stderr and status 2."""
     try:
         return int(main(argv) or 0)
@@ -41,7 +43,7 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the program named as :func:`program_name` (``bench.train``, not ``__main__.py``)."""
+    """argparse naming the program as :func:`program_name` does (``bench.train``)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("prog", program_name())

@@ -1,100 +1,210 @@
-"""params.yaml → one frozen :class:`Config`, validated once, before any stage does any work.
+"""params.yaml → one frozen :class:`Config`, validated before any stage does any work.
 
-    from bench.config import load_config, ConfigError
-    config = load_config("params.yaml")      # raises ConfigError(ValueError) naming the bad key
+    from bench.config import load_pipeline_config, ConfigError
+    config = load_pipeline_config("params.yaml")   # ConfigError(ValueError) naming the bad key
 
-Every error names the file and the dotted key, e.g. ``params.yaml: train.epochs: expected int,
-got 'ten'``. Checked: unknown keys (at every level), missing required keys, types (``true`` is not
-an int, ``1`` is accepted as a float), ranges (learning rates > 0, epochs ≥ 1, …), optimizer names
-against :func:`optimizers.registry.available`, problem names against
-:data:`bench.problems.PROBLEMS`. A params file must give every key (dvc.yaml names them as
-dependencies; no stage relies on a silent default), except inside ``optimizers.<name>`` and
-``aggregate``. The dataclass defaults serve code that builds settings directly (tests).
+Every error names the file, the dotted key and the value, e.g. ``params.yaml: train.epochs:
+expected int, got 'ten'``. Three steps, each explicit:
+
+1. :func:`load_config` / :func:`parse_config` — reading and validation, no side effect: unknown
+   keys (at every level), missing required keys, types (``true`` is not an int, ``1`` is accepted
+   as a float) and the ranges of each field. Each section is a frozen dataclass that checks its own
+   fields (``check()``, run on construction); the validator only converts the YAML values and adds
+   the dotted key to a section's message.
+2. :func:`load_extensions` — imports the ``plugins`` modules and registers the params-defined
+   optimizers (``optimizers.<name>.register``): the only step that touches the global registries.
+3. :func:`check_names` — optimizer and problem names against those registries.
+
+:func:`load_pipeline_config` runs the three: every stage and every reader of params.yaml (the
+aggregate and the report included) goes through it, so an invalid file stops every stage.
+
+A params file gives every key (dvc.yaml names them as dependencies and no stage relies on a
+silent default), except inside ``optimizers.<name>`` and ``aggregate``, whose keys may be left
+out, and the top-level ``plugins``. So the sections' dataclasses have no defaults, except for
+those omissible keys.
 
 The sections mirror the DVC stages (stage name = script name = params section: ``prepare``,
-``tune``, ``train``, ``aggregate``, ``report``) plus the grid: ``profile`` (results go to
-``results/<profile>/``), ``device``, ``problems``, ``seeds`` and ``optimizers`` (one section per
-optimizer; the DVC matrix iterates over its keys, so editing one optimizer's section reruns only
-that optimizer's cells).
+``tune``, ``train``, ``invariance``, ``timing``, ``aggregate``, ``report``) plus the grid:
+``profile`` (results go to ``results/<profile>/``, see :mod:`bench.layout`), ``device``,
+``problems``, ``seeds`` and ``optimizers`` (one section per optimizer; the DVC matrix iterates over
+its keys, so editing one optimizer's section reruns only that optimizer's cells). ``runtime``
+holds the settings that change no result (progress bars, where checkpoints go): no stage lists it
+as a DVC parameter and no fingerprint reads it, so changing it reruns nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import yaml
 
+from bench import layout
+from bench.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A params file that does not describe a valid pipeline; the message names the key."""
+__all__ = [
+    "Config",
+    "ConfigError",
+    "check_names",
+    "load_config",
+    "load_extensions",
+    "load_pipeline_config",
+    "parse_config",
+    "parse_pipeline_config",
+    "resolve_device",
+]
+
+PARTITION_NAMES = ("single", "per_module", "per_tensor", "weights_biases")  # and blocks<k>
+
+
+class FieldError(ConfigError):
+    """Raised by a section's ``check()``: ``key`` is relative to the section."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
 
 
 def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     return types.MappingProxyType(dict(mapping or {}))
 
 
+# ----------------------------------------------------------------------------- field checks
+def _positive(key: str, value: float | None, *, strict: bool = True) -> None:
+    if value is not None and (value <= 0 if strict else value < 0):
+        kind = "positive" if strict else "non-negative"
+        raise FieldError(key, f"expected a {kind} number, got {value!r}")
+
+
+def _fraction(key: str, value: float, *, low_open: bool, high_open: bool) -> None:
+    low = value > 0 if low_open else value >= 0
+    high = value < 1 if high_open else value <= 1
+    if not (low and high):
+        interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+        raise FieldError(key, f"expected a fraction in {interval}, got {value!r}")
+
+
+def _each_positive(key: str, values: tuple[int, ...]) -> None:
+    for index, value in enumerate(values):
+        _positive(f"{key}[{index}]", value)
+
+
+def _learning_rate(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise FieldError(key, f"expected float, got {value!r}")
+    _positive(key, value)
+
+
+class _Section:
+    """A params section: ``check()`` (run on construction) raises :class:`FieldError`."""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:  # pragma: no cover - sections without checks
+        pass
+
+
+# ----------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
-class PrepareConfig:
+class PrepareConfig(_Section):
     """``prepare``: how each data set is cut before it is cached as an .npz."""
 
-    seed: int = 0  # seed of the train/valid split (bench.data.load_arrays)
-    max_train: int | None = None  # keep the first n training examples (None: all)
-    max_test: int | None = None  # keep the first n test examples (None: all)
+    seed: int  # seed of the train/valid split (bench.data.load_arrays)
+    max_train: int | None  # keep the first n training examples (None: all)
+    max_test: int | None  # keep the first n test examples (None: all)
+
+    def check(self) -> None:
+        _positive("seed", self.seed, strict=False)
+        _positive("max_train", self.max_train)
+        _positive("max_test", self.max_test)
 
 
 @dataclass(frozen=True)
-class TuneConfig:
+class TuneConfig(_Section):
     """``tune``: the learning-rate grid search on the validation split (one seed)."""
 
-    seed: int = 1000  # one seed, apart from the training seeds
-    epochs_fraction: float = 0.5  # budget = max(1, ceil(fraction × the training epochs))
+    seed: int  # one seed, apart from the training seeds
+    epochs_fraction: float  # budget = max(1, ceil(fraction × the training epochs))
+
+    def check(self) -> None:
+        _positive("seed", self.seed, strict=False)
+        _fraction("epochs_fraction", self.epochs_fraction, low_open=True, high_open=False)
 
 
 @dataclass(frozen=True)
-class PlateauConfig:
+class PlateauConfig(_Section):
     """``train.plateau``: halve λ1 (the global lr) when the epoch's training loss stalls (§4)."""
 
-    threshold: float = 1e-4  # relative improvement that counts as progress
-    patience: int = 2  # epochs without progress before the lr is multiplied by `factor`
-    factor: float = 0.5
-    scope: Literal["ours", "all", "none"] = "ours"  # ours = optimizers with a curvature batch
+    threshold: float  # relative improvement that counts as progress
+    patience: int  # epochs without progress before the lr is multiplied by `factor`
+    factor: float
+    scope: Literal["ours", "all", "none"]  # ours = optimizers with a curvature batch
+
+    def check(self) -> None:
+        _positive("threshold", self.threshold, strict=False)
+        _positive("patience", self.patience)
+        _fraction("factor", self.factor, low_open=True, high_open=True)
 
 
 @dataclass(frozen=True)
-class ProbeConfig:
+class ProbeConfig(_Section):
     """``train.probe``: η* = H̄⁻¹ḡ (METHOD.md §3) along the step of these optimizers."""
 
-    optimizers: tuple[str, ...] = ()
-    every: int = 50  # steps between two probes
-    batch_size: int = 100  # examples of the (unshuffled, cycled) probe batch
+    optimizers: tuple[str, ...]
+    every: int  # steps between two probes
+    batch_size: int  # examples of the (unshuffled, cycled) probe batch
+
+    def check(self) -> None:
+        _positive("every", self.every)
+        _positive("batch_size", self.batch_size)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """``train``: the budget and the mechanics of one training run."""
+class TrainConfig(_Section):
+    """``train``: the budget and the mechanics of one training run (all of it changes results)."""
 
-    epochs: int | None = None  # None: the problem's own number of epochs
-    batch_size: int | None = None  # None: the problem's batch size
-    curvature_batch_size: int | None = None  # B'; None: the problem's
-    eval_batch_size: int = 1000  # chunk size of the end-of-epoch evaluations
-    threads: int = 1  # torch.set_num_threads
-    deterministic: bool = True  # torch.use_deterministic_algorithms(warn_only=True)
-    progress: bool = True  # tqdm bars on stderr (also off when stderr is not a TTY)
-    divergence_factor: float = 100.0  # diverged when train loss > factor × previous epoch's
-    checkpoint_dir: str = ".checkpoints"  # resumable state, outside the DVC outs
-    plateau: PlateauConfig = field(default_factory=PlateauConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    epochs: int | None  # None: the problem's own number of epochs
+    batch_size: int | None  # None: the problem's batch size
+    curvature_batch_size: int | None  # B'; None: the problem's
+    eval_batch_size: int  # chunk size of the end-of-epoch evaluations
+    threads: int  # torch.set_num_threads (float results depend on it)
+    deterministic: bool  # torch.use_deterministic_algorithms(warn_only=True)
+    divergence_factor: float  # diverged when train loss > factor × previous epoch's
+    plateau: PlateauConfig
+    probe: ProbeConfig
+
+    def check(self) -> None:
+        for key in ("epochs", "batch_size", "curvature_batch_size", "eval_batch_size", "threads"):
+            _positive(key, getattr(self, key))
+        if self.divergence_factor <= 1:
+            raise FieldError(
+                "divergence_factor", f"expected a factor > 1, got {self.divergence_factor!r}"
+            )
 
 
 @dataclass(frozen=True)
-class RegisterConfig:
+class RuntimeConfig(_Section):
+    """``runtime``: how a run is carried out, never what it computes (no DVC parameter, no
+    fingerprint reads it: changing it reruns nothing)."""
+
+    progress: bool  # tqdm bars on stderr (also off when stderr is not a TTY)
+    checkpoint_dir: str  # resumable state, outside the DVC outs
+
+    def check(self) -> None:
+        if not self.checkpoint_dir:
+            raise FieldError("checkpoint_dir", "expected a directory, got ''")
+
+
+@dataclass(frozen=True)
+class RegisterConfig(_Section):
     """``optimizers.<name>.register``: a new registry entry defined in params alone.
 
     Give exactly one of ``torch_optimizer`` (dotted path of a ``torch.optim.Optimizer``
@@ -102,7 +212,7 @@ class RegisterConfig:
     (``"pkg.module:function"`` with the registry's signature ``factory(model, hyperparameters,
     criterion) -> TrainingOptimizer``). ``defaults`` lists every accepted hyperparameter
     (``lr`` included), ``lr_grid`` the learning rates the tune stage tries, ``grid`` extra
-    tuning axes. See :func:`optimizers.registry.register_optimizer`.
+    tuning axes. See :func:`optimizers.registry.register_optimizer`. Every key may be omitted.
     """
 
     torch_optimizer: str | None = None
@@ -112,115 +222,182 @@ class RegisterConfig:
     grid: Mapping[str, tuple[Any, ...]] | None = None
     description: str = ""
 
+    def check(self) -> None:
+        if (self.torch_optimizer is None) == (self.factory is None):
+            raise FieldError("(section)", "give exactly one of torch_optimizer and factory")
+
 
 @dataclass(frozen=True)
-class OptimizerConfig:
+class OptimizerConfig(_Section):
     """``optimizers.<name>``: fixed hyperparameters and the search grid of the tune stage.
 
     ``grid``: hyperparameter → values, searched as a Cartesian product (e.g. ``{lr: [0.01,
     0.1]}``); None: the registry spec's grid without the axes fixed in ``hyperparameters``.
+    Every key may be omitted.
     """
 
     hyperparameters: Mapping[str, Any] = field(default_factory=_frozen)
     grid: Mapping[str, tuple[Any, ...]] | None = None
     register: RegisterConfig | None = None  # define a new optimizer here (not a built-in name)
 
+    def check(self) -> None:
+        if "lr" in self.hyperparameters:
+            _learning_rate("hyperparameters.lr", self.hyperparameters["lr"])
+        for axis, values in (self.grid or {}).items():
+            if not values:
+                raise FieldError(f"grid.{axis}", "expected a non-empty list")
+            if axis in self.hyperparameters:
+                raise FieldError(
+                    f"grid.{axis}", "also fixed in hyperparameters: give one or the other"
+                )
+            for index, value in enumerate(values if axis == "lr" else ()):
+                _learning_rate(f"grid.lr[{index}]", value)
+
 
 @dataclass(frozen=True)
-class AggregateConfig:
-    """``aggregate``: see :mod:`bench.aggregate`."""
+class AggregateConfig(_Section):
+    """``aggregate``: see :mod:`bench.reporting`; ``train_loss_target`` may be omitted."""
 
     train_loss_target: Mapping[str, float] = field(default_factory=_frozen)
 
-
-@dataclass(frozen=True)
-class InvarianceConfig:
-    """``invariance``: see :mod:`bench.invariance` (METHOD.md §6)."""
-
-    optimizers: tuple[str, ...] = ()  # registry names; empty: every optimizer of `optimizers`
-    steps: int = 40  # optimisation steps of model and twin
-    batch_size: int = 32
-    seed: int = 0  # model init and the affine maps
-    dtype: Literal["float64", "float32"] = "float64"
-    scale_range: float = 10.0  # a_s log-uniform in [1/scale_range, scale_range]
-    shift_std: float = 0.1  # b_s ~ N(0, shift_std²)
-    min_movement: float = 1e-3  # relative weight change below which invariance is not exercised
-    overrides: Mapping[str, Any] = field(default_factory=_frozen)  # e.g. update_every, warmup
+    def check(self) -> None:
+        for key, value in self.train_loss_target.items():
+            if not (math.isfinite(value) and value > 0):
+                raise FieldError(f"train_loss_target.{key}", f"expected a loss > 0, got {value!r}")
 
 
 @dataclass(frozen=True)
-class ScalingConfig:
-    """``timing.scaling``: the projected-derivative sweeps of :mod:`bench.timing` (a tanh MLP)."""
+class InvarianceConfig(_Section):
+    """``invariance``: see :mod:`bench.studies.invariance` (METHOD.md §6)."""
 
-    width: int = 128  # the base point of every sweep
-    depth: int = 4
-    batch: int = 64
-    partitions: tuple[str, ...] = ("single", "blocks2", "per_module", "per_tensor")
-    widths: tuple[int, ...] = (64, 128, 256)
-    depths: tuple[int, ...] = (2, 4, 8)
-    batches: tuple[int, ...] = (32, 64, 128)
-    full_order3_max_subsets: int = 10  # the full order-3 tensor only up to this S
-    rounds: int = 3
+    optimizers: tuple[str, ...]  # registry names; empty: every optimizer of `optimizers`
+    steps: int  # optimisation steps of model and twin
+    batch_size: int
+    seed: int  # model init and the affine maps
+    dtype: Literal["float64", "float32"]
+    scale_range: float  # a_s log-uniform in [1/scale_range, scale_range]
+    shift_std: float  # b_s ~ N(0, shift_std²)
+    min_movement: float  # relative weight change below which invariance is not exercised
+    overrides: Mapping[str, Any]  # e.g. update_every, warmup
 
-
-@dataclass(frozen=True)
-class TimingConfig:
-    """``timing``: see :mod:`bench.timing`."""
-
-    optimizers: tuple[str, ...] = ()  # registry names; empty: every optimizer of `optimizers`
-    period: int = 10  # steps timed together (ours recomputes once per period)
-    rounds: int = 3
-    memory: bool = True  # peak memory per optimizer, in a fresh process each
-    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    def check(self) -> None:
+        for key in ("steps", "batch_size", "min_movement"):
+            _positive(key, getattr(self, key))
+        _positive("shift_std", self.shift_std, strict=False)
+        _positive("seed", self.seed, strict=False)
+        if self.scale_range < 1:
+            raise FieldError("scale_range", f"expected a number >= 1, got {self.scale_range!r}")
 
 
 @dataclass(frozen=True)
-class ReportConfig:
+class ScalingConfig(_Section):
+    """``timing.scaling``: the projected-derivative sweeps of :mod:`bench.studies.timing`."""
+
+    width: int  # the base point of every sweep
+    depth: int
+    batch: int
+    partitions: tuple[str, ...]
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
+    batches: tuple[int, ...]
+    full_order3_max_subsets: int  # the full order-3 tensor only up to this S
+    rounds: int
+
+    def check(self) -> None:
+        for key in ("width", "depth", "batch", "full_order3_max_subsets", "rounds"):
+            _positive(key, getattr(self, key))
+        for key in ("widths", "depths", "batches"):
+            _each_positive(key, getattr(self, key))
+        for index, name in enumerate(self.partitions):
+            blocks = name.startswith("blocks") and name[len("blocks") :].isdigit()
+            if name not in PARTITION_NAMES and not blocks:
+                raise FieldError(f"partitions[{index}]", f"unknown partition {name!r}")
+
+
+@dataclass(frozen=True)
+class TimingConfig(_Section):
+    """``timing``: see :mod:`bench.studies.timing`."""
+
+    optimizers: tuple[str, ...]  # registry names; empty: every optimizer of `optimizers`
+    period: int  # steps timed together (ours recomputes once per period)
+    rounds: int
+    memory: bool  # peak memory per optimizer, in a fresh process each
+    scaling: ScalingConfig
+
+    def check(self) -> None:
+        _positive("period", self.period)
+        _positive("rounds", self.rounds)
+
+
+@dataclass(frozen=True)
+class ReportConfig(_Section):
     """``report``: no parameters yet (the section exists so the stage has one)."""
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(_Section):
+    """The whole params file. The results layout is :mod:`bench.layout`'s (methods below)."""
+
     profile: str
+    device: Literal["cpu", "cuda", "auto"]
     problems: tuple[str, ...]
     seeds: tuple[int, ...]
     optimizers: Mapping[str, OptimizerConfig]
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
-    prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
-    invariance: InvarianceConfig = field(default_factory=InvarianceConfig)
-    timing: TimingConfig = field(default_factory=TimingConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
-    plugins: tuple[str, ...] = ()  # modules imported first (they may register problems/optimizers)
+    prepare: PrepareConfig
+    tune: TuneConfig
+    train: TrainConfig
+    runtime: RuntimeConfig
+    aggregate: AggregateConfig
+    invariance: InvarianceConfig
+    timing: TimingConfig
+    report: ReportConfig
+    plugins: tuple[str, ...] = ()  # may be omitted: modules imported by load_extensions
     raw: Mapping[str, Any] = field(default_factory=_frozen, repr=False, compare=False)
 
-    # The results layout (docs: notes/PIPELINE_CONTRACTS.md), relative to ``root``.
-    def results_dir(self, root: str | Path = "results") -> Path:
-        return Path(root) / self.profile
+    def check(self) -> None:
+        if not layout.valid_profile(self.profile):
+            raise FieldError(
+                "profile", f"expected a name of letters, digits, '-' or '_', got {self.profile!r}"
+            )
+        for key, values in (("problems", self.problems), ("seeds", self.seeds)):
+            if not values:
+                raise FieldError(key, "expected a non-empty list")
+            if len(set(values)) != len(values):
+                raise FieldError(key, f"duplicate entries in {list(values)}")
+        for index, seed in enumerate(self.seeds):
+            _positive(f"seeds[{index}]", seed, strict=False)
+        if not self.optimizers:
+            raise FieldError("optimizers", "expected at least one optimizer section")
 
-    def data_path(self, dataset: str, root: str | Path = "results") -> Path:
-        return self.results_dir(root) / "data" / f"{dataset}.npz"
+    # The results layout (bench/layout.py), relative to ``root``.
+    def results_dir(self, root: str | Path = layout.RESULTS) -> Path:
+        return layout.results_dir(self.profile, root)
 
-    def tune_path(self, problem: str, optimizer: str, root: str | Path = "results") -> Path:
-        return self.results_dir(root) / "tune" / problem / f"{optimizer}.json"
+    def data_path(self, dataset: str, root: str | Path = layout.RESULTS) -> Path:
+        return layout.data_path(self.profile, dataset, root)
+
+    def tune_path(self, problem: str, optimizer: str, root: str | Path = layout.RESULTS) -> Path:
+        return layout.tune_path(self.profile, problem, optimizer, root)
 
     def run_dir(
-        self, problem: str, optimizer: str, seed: int, root: str | Path = "results"
+        self, problem: str, optimizer: str, seed: int, root: str | Path = layout.RESULTS
     ) -> Path:
-        return self.results_dir(root) / "runs" / problem / optimizer / str(seed)
+        return layout.run_dir(self.profile, problem, optimizer, seed, root)
 
     def checkpoint_path(self, problem: str, optimizer: str, seed: int) -> Path:
-        return Path(self.train.checkpoint_dir) / self.profile / problem / optimizer / f"{seed}.pt"
+        return layout.checkpoint_path(
+            self.runtime.checkpoint_dir, self.profile, problem, optimizer, seed
+        )
 
 
-# In a params file every key is required (dvc.yaml names them as params dependencies, and no
-# stage relies on a silent default), except in these sections, whose keys may be left out.
+# Sections whose keys may be left out (their dataclasses have defaults), and top-level keys.
 OMISSIBLE = (OptimizerConfig, AggregateConfig, RegisterConfig)
-OPTIONAL_TOP_LEVEL = ("plugins",)  # top-level keys that may be left out
+OPTIONAL_TOP_LEVEL = ("plugins",)
+# Keys that moved: an old params file gets told where they went.
+MOVED = {"train.progress": "runtime.progress", "train.checkpoint_dir": "runtime.checkpoint_dir"}
 
 
+# ----------------------------------------------------------------------------- the validator
 def _describe(value: Any) -> str:
     return repr(value) if not isinstance(value, Mapping | list) else type(value).__name__
 
@@ -236,10 +413,12 @@ def _type_name(annotation: Any) -> str:
 
 
 class _Validator:
+    """YAML values → the sections' field types; every message gets the file and dotted key."""
+
     def __init__(self, source: str):
         self.source = source
 
-    def fail(self, key: str, message: str) -> typing.NoReturn:
+    def fail(self, key: str, message: str) -> NoReturn:
         raise ConfigError(f"{self.source}: {key}: {message}")
 
     def value(self, annotation: Any, value: Any, key: str) -> Any:
@@ -254,7 +433,7 @@ class _Validator:
                 self.fail(key, f"expected one of {_type_name(annotation)}, got {value!r}")
             return value
         if dataclasses.is_dataclass(annotation):
-            return self.dataclass(annotation, value, key)
+            return self.section(annotation, value, key)
         if origin is tuple:
             if not isinstance(value, list | tuple):
                 self.fail(key, f"expected a list, got {_describe(value)}")
@@ -268,6 +447,9 @@ class _Validator:
             )
         if annotation is Any:
             return value
+        return self.scalar(annotation, value, key)
+
+    def scalar(self, annotation: type, value: Any, key: str) -> Any:
         if annotation is bool:
             if not isinstance(value, bool):
                 self.fail(key, f"expected bool, got {_describe(value)}")
@@ -288,148 +470,37 @@ class _Validator:
             return value
         raise TypeError(f"config schema: unsupported annotation {annotation!r} at {key}")
 
-    def dataclass(self, cls: type, value: Any, key: str, **extra: Any) -> Any:
+    def section(self, cls: type, value: Any, key: str, **given: Any) -> Any:
+        """Build section ``cls`` from mapping ``value`` at dotted ``key`` (``given``: fields
+        already converted by the caller); the section's own ``check()`` runs on construction."""
         if value is None:
             value = {}
         if not isinstance(value, Mapping):
             self.fail(key or "(top level)", f"expected a mapping, got {_describe(value)}")
         hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in extra}
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in given}
+        fields.pop("raw", None)
         prefix = f"{key}." if key else ""
         for name in value:
             if name not in fields:
-                known = ", ".join(sorted(fields))
-                self.fail(f"{prefix}{name}", f"unknown key (known keys: {known})")
-        arguments = dict(extra)
+                moved = MOVED.get(f"{prefix}{name}")
+                hint = f"moved to {moved}" if moved else f"known keys: {', '.join(sorted(fields))}"
+                self.fail(f"{prefix}{name}", f"unknown key ({hint})")
+        arguments = dict(given)
         for name in fields:
             if name in value:
                 arguments[name] = self.value(hints[name], value[name], f"{prefix}{name}")
-            elif cls not in OMISSIBLE:
+            elif cls not in OMISSIBLE and name not in OPTIONAL_TOP_LEVEL:
                 self.fail(f"{prefix}{name}", "missing required key")
-        return cls(**arguments)
+        try:
+            return cls(**arguments)
+        except FieldError as error:
+            where = key if error.key == "(section)" else f"{prefix}{error.key}"
+            self.fail(where or "(top level)", error.message)
 
 
-def _check_ranges(config: Config, fail: typing.Callable[[str, str], typing.NoReturn]) -> None:
-    def positive(key: str, value: float | None, strict: bool = True) -> None:
-        if value is not None and (value <= 0 if strict else value < 0):
-            fail(
-                key, f"expected a {'positive' if strict else 'non-negative'} number, got {value!r}"
-            )
-
-    if not config.profile or not config.profile.replace("-", "").replace("_", "").isalnum():
-        fail("profile", f"expected a name of letters, digits, '-' or '_', got {config.profile!r}")
-    for key, values in (("problems", config.problems), ("seeds", config.seeds)):
-        if not values:
-            fail(key, "expected a non-empty list")
-        if len(set(values)) != len(values):
-            fail(key, f"duplicate entries in {list(values)}")
-    for index, seed in enumerate(config.seeds):
-        positive(f"seeds[{index}]", seed, strict=False)
-    if not config.optimizers:
-        fail("optimizers", "expected at least one optimizer section")
-
-    def learning_rate(key: str, lr: Any) -> None:
-        if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr):
-            fail(key, f"expected float, got {lr!r}")
-        positive(key, lr)
-
-    for name, optimizer in config.optimizers.items():
-        prefix = f"optimizers.{name}"
-        if "lr" in optimizer.hyperparameters:
-            learning_rate(f"{prefix}.hyperparameters.lr", optimizer.hyperparameters["lr"])
-        for axis, values in (optimizer.grid or {}).items():
-            if not values:
-                fail(f"{prefix}.grid.{axis}", "expected a non-empty list")
-            if axis in optimizer.hyperparameters:
-                fail(
-                    f"{prefix}.grid.{axis}", "also fixed in hyperparameters: give one or the other"
-                )
-            for index, value in enumerate(values if axis == "lr" else ()):
-                learning_rate(f"{prefix}.grid.lr[{index}]", value)
-    positive("prepare.seed", config.prepare.seed, strict=False)
-    for key in ("max_train", "max_test"):
-        positive(f"prepare.{key}", getattr(config.prepare, key))
-    positive("tune.seed", config.tune.seed, strict=False)
-    if not 0 < config.tune.epochs_fraction <= 1:
-        fail(
-            "tune.epochs_fraction",
-            f"expected a fraction in (0, 1], got {config.tune.epochs_fraction}",
-        )
-    train = config.train
-    for key in ("epochs", "batch_size", "curvature_batch_size", "eval_batch_size", "threads"):
-        positive(f"train.{key}", getattr(train, key))
-    if train.divergence_factor <= 1:
-        fail("train.divergence_factor", f"expected a factor > 1, got {train.divergence_factor}")
-    positive("train.plateau.threshold", train.plateau.threshold, strict=False)
-    positive("train.plateau.patience", train.plateau.patience)
-    if not 0 < train.plateau.factor < 1:
-        fail("train.plateau.factor", f"expected a factor in (0, 1), got {train.plateau.factor}")
-    positive("train.probe.every", train.probe.every)
-    positive("train.probe.batch_size", train.probe.batch_size)
-    for key, value in config.aggregate.train_loss_target.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            fail(f"aggregate.train_loss_target.{key}", f"expected float, got {value!r}")
-    invariance = config.invariance
-    for key in ("steps", "batch_size", "shift_std", "min_movement"):
-        positive(f"invariance.{key}", getattr(invariance, key), strict=key != "shift_std")
-    positive("invariance.seed", invariance.seed, strict=False)
-    timing = config.timing
-    for key in ("period", "rounds"):
-        positive(f"timing.{key}", getattr(timing, key))
-    scaling = timing.scaling
-    for key in ("width", "depth", "batch", "full_order3_max_subsets", "rounds"):
-        positive(f"timing.scaling.{key}", getattr(scaling, key))
-    for key in ("widths", "depths", "batches"):
-        for index, value in enumerate(getattr(scaling, key)):
-            positive(f"timing.scaling.{key}[{index}]", value)
-    for index, name in enumerate(scaling.partitions):
-        blocks = name.startswith("blocks") and name[len("blocks") :].isdigit()
-        if name not in ("single", "per_module", "per_tensor", "weights_biases") and not blocks:
-            fail(f"timing.scaling.partitions[{index}]", f"unknown partition {name!r}")
-    if invariance.scale_range < 1:
-        fail("invariance.scale_range", f"expected a number >= 1, got {invariance.scale_range}")
-
-
-def _check_names(config: Config, fail: typing.Callable[[str, str], typing.NoReturn]) -> None:
-    """Optimizer and problem names against the registries (imported only here)."""
-    from bench.problems import PROBLEMS
-    from optimizers.registry import available, get_spec
-
-    known_optimizers = set(available())
-    for index, name in enumerate(config.timing.optimizers):
-        if name not in known_optimizers:
-            known = ", ".join(sorted(known_optimizers))
-            fail(f"timing.optimizers[{index}]", f"unknown optimizer {name!r} (known: {known})")
-    for index, name in enumerate(config.invariance.optimizers):
-        if name not in known_optimizers:
-            known = ", ".join(sorted(known_optimizers))
-            fail(f"invariance.optimizers[{index}]", f"unknown optimizer {name!r} (known: {known})")
-    for name, section in config.optimizers.items():
-        if name not in known_optimizers:
-            known = ", ".join(sorted(known_optimizers))
-            fail(f"optimizers.{name}", f"unknown optimizer {name!r} (known: {known})")
-        accepted = get_spec(name).defaults
-        for part, keys in (("hyperparameters", section.hyperparameters), ("grid", section.grid)):
-            for key in keys or ():
-                if key not in accepted:
-                    fail(
-                        f"optimizers.{name}.{part}.{key}",
-                        f"unknown hyperparameter of {name} (known: {', '.join(sorted(accepted))})",
-                    )
-    for index, name in enumerate(config.train.probe.optimizers):
-        if name not in known_optimizers:
-            fail(f"train.probe.optimizers[{index}]", f"unknown optimizer {name!r}")
-    for index, name in enumerate(config.problems):
-        if name not in PROBLEMS:
-            known = ", ".join(sorted(PROBLEMS))
-            fail(f"problems[{index}]", f"unknown problem {name!r} (known: {known})")
-    for name in config.aggregate.train_loss_target:
-        if name not in config.problems:
-            fail(f"aggregate.train_loss_target.{name}", f"{name!r} is not in problems")
-
-
-def parse_config(params: Any, source: str = "params.yaml", *, check_names: bool = True) -> Config:
-    """Validate an already parsed params mapping (see :func:`load_config`)."""
+def parse_config(params: Any, source: str = "params.yaml") -> Config:
+    """Validate an already parsed params mapping (no side effect; see the module docstring)."""
     validator = _Validator(source)
     if not isinstance(params, Mapping):
         validator.fail("(top level)", f"expected a mapping, got {_describe(params)}")
@@ -441,35 +512,36 @@ def parse_config(params: Any, source: str = "params.yaml", *, check_names: bool 
             "optimizers", f"expected a mapping name → section, got {_describe(optimizers)}"
         )
     sections = {
-        str(name): validator.dataclass(OptimizerConfig, section, f"optimizers.{name}")
+        str(name): validator.section(OptimizerConfig, section, f"optimizers.{name}")
         for name, section in optimizers.items()
     }
-    plugins = validator.value(tuple[str, ...], params.get("plugins") or [], "plugins")
-    rest = {key: value for key, value in params.items() if key not in ("optimizers", "plugins")}
-    config = validator.dataclass(
-        Config, rest, "", optimizers=_frozen(sections), plugins=plugins, raw=_frozen(params)
-    )
-    _check_ranges(config, validator.fail)
-    if check_names:
-        load_extensions(config, validator.fail)
-        _check_names(config, validator.fail)
-    return config
+    rest = {key: value for key, value in params.items() if key != "optimizers"}
+    return validator.section(Config, rest, "", optimizers=_frozen(sections), raw=_frozen(params))
 
 
-def load_extensions(
-    config: Config, fail: typing.Callable[[str, str], typing.NoReturn] | None = None
-) -> None:
-    """Import ``plugins``, then register every ``optimizers.<name>.register`` entry.
+def load_config(path: str | Path = "params.yaml") -> Config:
+    """Read and validate ``path`` (no side effect); :class:`ConfigError` names the first bad key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the params file ({error.strerror})") from None
+    try:
+        params = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return parse_config(params, str(path))
+
+
+def load_extensions(config: Config, source: str = "params.yaml") -> Config:
+    """Import ``plugins``, then register every ``optimizers.<name>.register`` entry; return config.
 
     Idempotent: loading the same params twice in one process re-registers the same entries. A
     ``register`` section may not redefine a built-in optimizer. Errors name the params key.
     """
-    import importlib
-
     from optimizers import registry
 
-    if fail is None:
-        fail = _Validator("params.yaml").fail
+    fail = _Validator(source).fail
     for index, module in enumerate(config.plugins):
         try:
             importlib.import_module(module)
@@ -483,8 +555,6 @@ def load_extensions(
         existing = registry.get_spec(name) if name in registry.available() else None
         if existing is not None and existing.builtin:
             fail(key, f"{name!r} is a built-in optimizer: choose another name")
-        if (entry.torch_optimizer is None) == (entry.factory is None):
-            fail(key, "give exactly one of torch_optimizer and factory")
         options = {
             "defaults": dict(entry.defaults),
             "lr_grid": entry.lr_grid,
@@ -499,20 +569,60 @@ def load_extensions(
                 registry.register_optimizer(name, entry.factory, **options)
         except ValueError as error:
             fail(key, str(error))
+    return config
 
 
-def load_config(path: str | Path = "params.yaml", *, check_names: bool = True) -> Config:
-    """Read and validate ``path``; :class:`ConfigError` (a ValueError) names the first bad key."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read the params file ({error.strerror})") from None
-    try:
-        params = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    return parse_config(params, str(path), check_names=check_names)
+def _known_optimizer(fail, key: str, name: str, known: set[str]) -> None:
+    if name not in known:
+        fail(key, f"unknown optimizer {name!r} (known: {', '.join(sorted(known))})")
+
+
+def check_names(config: Config, source: str = "params.yaml") -> Config:
+    """Optimizer and problem names against the registries (after :func:`load_extensions`)."""
+    from bench.problems import PROBLEMS
+    from optimizers.registry import available, get_spec
+
+    fail = _Validator(source).fail
+    known = set(available())
+    for index, name in enumerate(config.timing.optimizers):
+        _known_optimizer(fail, f"timing.optimizers[{index}]", name, known)
+    for index, name in enumerate(config.invariance.optimizers):
+        _known_optimizer(fail, f"invariance.optimizers[{index}]", name, known)
+    for index, name in enumerate(config.train.probe.optimizers):
+        _known_optimizer(fail, f"train.probe.optimizers[{index}]", name, known)
+    for name, section in config.optimizers.items():
+        _known_optimizer(fail, f"optimizers.{name}", name, known)
+        accepted = get_spec(name).defaults
+        for part, keys in (("hyperparameters", section.hyperparameters), ("grid", section.grid)):
+            for key in keys or ():
+                if key not in accepted:
+                    fail(
+                        f"optimizers.{name}.{part}.{key}",
+                        f"unknown hyperparameter of {name} (known: {', '.join(sorted(accepted))})",
+                    )
+    for index, name in enumerate(config.problems):
+        if name not in PROBLEMS:
+            fail(
+                f"problems[{index}]",
+                f"unknown problem {name!r} (known: {', '.join(sorted(PROBLEMS))})",
+            )
+    for name in config.aggregate.train_loss_target:
+        if name not in config.problems:
+            fail(f"aggregate.train_loss_target.{name}", f"{name!r} is not in problems")
+    return config
+
+
+def parse_pipeline_config(params: Any, source: str = "params.yaml") -> Config:
+    """:func:`parse_config`, then :func:`load_extensions` and :func:`check_names`."""
+    return check_names(load_extensions(parse_config(params, source), source), source)
+
+
+def load_pipeline_config(path: str | Path = "params.yaml") -> Config:
+    """What every stage and reader of params.yaml calls: read and validate the whole file, import
+    its ``plugins`` and register its ``optimizers.<name>.register`` entries, then check every
+    optimizer and problem name against the registries. :class:`ConfigError` names the key."""
+    config = load_config(path)
+    return check_names(load_extensions(config, str(path)), str(path))
 
 
 def resolve_device(device: str) -> str:
@@ -524,10 +634,3 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("params.yaml: device: 'cuda' requested but CUDA is not available")
     return device
-
-
-def load_pipeline_config(path: str | Path = "params.yaml") -> Config:
-    """What every stage and reader of params.yaml calls: read and validate the whole file, import
-    its ``plugins`` and register its ``optimizers.<name>.register`` entries, then check every
-    optimizer and problem name against the registries. :class:`ConfigError` names the key."""
-    return load_config(path, check_names=True)

@@ -11,12 +11,14 @@ stratified by ``bench.data``; the validation split is kept whole), and caches th
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.config import Config, load_config
+from bench.cli import ArgumentParser, run
+from bench.config import Config, load_pipeline_config
+from bench.errors import UsageError
 
 
 def datasets(config: Config) -> list[str]:
@@ -43,11 +45,14 @@ def truncate(splits: Any, max_train: int | None, max_test: int | None) -> Any:
 
 def prepare(config: Config, *, results: str | Path = "results") -> dict[str, Path]:
     """Write the .npz of every data set of ``config``; return {dataset: path}."""
-    from bench.data import load_arrays, save_splits
+    from bench.data import DatasetUnavailableError, load_arrays, save_splits
 
     written = {}
     for name in datasets(config):
-        splits = load_arrays(name, seed=config.prepare.seed)
+        try:
+            splits = load_arrays(name, seed=config.prepare.seed)
+        except DatasetUnavailableError as error:
+            raise UsageError(str(error)) from None
         splits = truncate(splits, config.prepare.max_train, config.prepare.max_test)
         path = config.data_path(name, results)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,16 +61,16 @@ def prepare(config: Config, *, results: str | Path = "results") -> dict[str, Pat
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--results", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
-    config = load_config(args.params)
+    config = load_pipeline_config(args.params)
     for name, path in prepare(config, results=args.results).items():
         print(f"prepare: {name} → {path}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

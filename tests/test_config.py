@@ -10,14 +10,21 @@ import pytest
 import yaml
 from test_stages import tiny_params, write_params
 
-from bench.config import Config, ConfigError, load_config, parse_config
+from bench.config import (
+    Config,
+    ConfigError,
+    load_config,
+    load_pipeline_config,
+    parse_config,
+    parse_pipeline_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("path", ["params.yaml", "profiles/paper.yaml"])
 def test_shipped_params_files_are_valid(path):
-    config = load_config(ROOT / path)
+    config = load_pipeline_config(ROOT / path)
     assert isinstance(config, Config) and config.problems and config.optimizers
     with pytest.raises(AttributeError):
         config.profile = "other"  # frozen
@@ -44,7 +51,7 @@ def _error(tmp_path, mutate) -> str:
     params = tiny_params(tmp_path)
     mutate(params)
     with pytest.raises(ConfigError) as error:
-        parse_config(params)
+        parse_pipeline_config(params)
     return str(error.value)
 
 
@@ -65,7 +72,8 @@ def _error(tmp_path, mutate) -> str:
         (lambda p: p.update(extra=1), "extra", "unknown key"),
         (lambda p: p["train"]["plateau"].update(scope="mine"), "train.plateau.scope",
          "expected one of"),
-        (lambda p: p["train"].update(progress="yes"), "train.progress", "expected bool"),
+        (lambda p: p["runtime"].update(progress="yes"), "runtime.progress", "expected bool"),
+        (lambda p: p["train"].update(progress=True), "train.progress", "moved to runtime.progress"),
         (lambda p: p["train"].update(threads=True), "train.threads", "expected int"),
         (lambda p: p.update(seeds=[0, 0]), "seeds", "duplicate"),
         (lambda p: p.pop("train"), "train", "missing required key"),

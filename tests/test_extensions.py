@@ -11,7 +11,7 @@ import torch
 from test_stages import tiny_params
 
 from bench import problems as problem_registry
-from bench.config import ConfigError, parse_config
+from bench.config import ConfigError, parse_pipeline_config
 from optimizers import registry
 
 RMSPROP = {
@@ -41,13 +41,13 @@ def test_register_section_defines_a_torch_optimizer_and_it_tunes_and_trains(tmp_
     from bench.tune import tune_cell
 
     params = _with(tmp_path, "rmsprop_params", {"register": RMSPROP})
-    config = parse_config(params)
+    config = parse_pipeline_config(params)
     spec = registry.get_spec("rmsprop_params")
     assert dict(spec.defaults) == {"lr": 0.01, "alpha": 0.9} and spec.lr_grid == [0.003, 0.01]
     optimizer = registry.make("rmsprop_params", torch.nn.Linear(3, 2), {"alpha": 0.5})
     assert isinstance(optimizer.optimizer, torch.optim.RMSprop)
     assert optimizer.optimizer.defaults["alpha"] == 0.5
-    parse_config(params)  # loading the same params again in one process is fine
+    parse_pipeline_config(params)  # loading the same params again in one process is fine
 
     results = tmp_path / "results"
     prepare(config, results=results)
@@ -88,7 +88,7 @@ def test_bad_register_section_names_the_key(tmp_path, name, section, words):
     params = tiny_params(tmp_path)
     params["optimizers"][name] = section
     with pytest.raises(ConfigError, match=words) as error:
-        parse_config(params)
+        parse_pipeline_config(params)
     assert f"optimizers.{name}" in str(error.value)
 
 
@@ -117,7 +117,7 @@ def test_plugin_module_registers_a_problem_and_an_optimizer(tmp_path, monkeypatc
     monkeypatch.delitem(sys.modules, "my_hobench_plugin", raising=False)
     params = tiny_params(tmp_path, plugins=["my_hobench_plugin"], problems=["digits_mlp_copy"])
     params["optimizers"] = {"adagrad_plugin": {}}
-    config = parse_config(params)
+    config = parse_pipeline_config(params)
     assert config.plugins == ("my_hobench_plugin",) and "adagrad_plugin" in registry.available()
     assert "digits_mlp_copy" in problem_registry.PROBLEMS
 
@@ -125,4 +125,4 @@ def test_plugin_module_registers_a_problem_and_an_optimizer(tmp_path, monkeypatc
 def test_unimportable_plugin_names_the_key(tmp_path):
     params = tiny_params(tmp_path, plugins=["no_such_module_for_hobench"])
     with pytest.raises(ConfigError, match=r"plugins\[0\]: cannot import 'no_such_module"):
-        parse_config(params)
+        parse_pipeline_config(params)

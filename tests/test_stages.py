@@ -22,8 +22,10 @@ import torch
 import yaml
 from torch import nn
 
-from bench.config import PlateauConfig, parse_config
-from bench.loop import CyclicBatches, RunSettings, evaluate, run_training, stream_seed
+from bench.config import PlateauConfig, parse_pipeline_config
+from bench.training.evaluation import evaluate
+from bench.training.loop import run_training
+from bench.training.runs import CyclicBatches, RunSettings, stream_seed
 
 TINY_PARAMS = {
     "profile": "tiny",
@@ -43,12 +45,11 @@ TINY_PARAMS = {
         "eval_batch_size": 500,
         "threads": 1,
         "deterministic": True,
-        "progress": False,
         "divergence_factor": 100.0,
-        "checkpoint_dir": ".checkpoints",
         "plateau": {"threshold": 1e-4, "patience": 2, "factor": 0.5, "scope": "ours"},
         "probe": {"optimizers": ["sgd"], "every": 3, "batch_size": 50},
     },
+    "runtime": {"progress": False, "checkpoint_dir": ".checkpoints"},
     "aggregate": {"train_loss_target": {}},
     "invariance": {
         "optimizers": [],
@@ -85,7 +86,7 @@ TINY_PARAMS = {
 def tiny_params(tmp_path: Path, **changes) -> dict:
     """TINY_PARAMS with checkpoints under tmp_path and top-level ``changes``."""
     params = copy.deepcopy(TINY_PARAMS)
-    params["train"]["checkpoint_dir"] = str(tmp_path / ".checkpoints")
+    params["runtime"]["checkpoint_dir"] = str(tmp_path / ".checkpoints")
     params.update(changes)
     return params
 
@@ -260,7 +261,7 @@ def tiny(tmp_path):
     """(config, results dir) of the tiny grid, with prepare already run."""
     from bench.prepare import prepare
 
-    config = parse_config(tiny_params(tmp_path))
+    config = parse_pipeline_config(tiny_params(tmp_path))
     results = tmp_path / "results"
     written = prepare(config, results=results)
     return config, results, written
@@ -442,7 +443,7 @@ def test_rows_csv_reads_back_like_the_pandas_writer(tmp_path, seed):
 
 
 def test_tune_grid_comes_from_the_registry_minus_fixed_axes(tmp_path):
-    from bench.tune import grid_points, search_grid
+    from bench.training.tuning import grid_points, search_grid
     from optimizers.registry import get_spec
 
     params = tiny_params(tmp_path)
@@ -452,7 +453,7 @@ def test_tune_grid_comes_from_the_registry_minus_fixed_axes(tmp_path):
         "kfac": {"hyperparameters": {"damping": 0.2}},
         "partitioned_newton": {"hyperparameters": {"lambda_int": 3.0}, "grid": {"lr": [0.1, 0.3]}},
     }
-    config = parse_config(params)
+    config = parse_pipeline_config(params)
     assert grid_points(config, "sgd") == [{"lr": 0.05}]
     assert [p["lr"] for p in grid_points(config, "adam")] == get_spec("adam").lr_grid
     kfac = grid_points(config, "kfac")
@@ -467,7 +468,7 @@ def test_tune_grid_comes_from_the_registry_minus_fixed_axes(tmp_path):
 
 
 def test_tune_choice_ignores_diverged_runs():
-    from bench.tune import choose
+    from bench.training.tuning import choose
 
     row = lambda lr, loss, diverged=False: {"lr": lr, "valid_loss": loss, "diverged": diverged}
     assert choose([row(0.1, 0.5), row(0.3, 0.01, True), row(0.03, 0.4)]) == (2, False)

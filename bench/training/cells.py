@@ -1,0 +1,199 @@
+"""A train cell (problem, optimizer, seed) → ``results/<profile>/runs/<p>/<o>/<seed>/``.
+
+Reads only its own tuned hyperparameters (``results/<profile>/tune/<problem>/<optimizer>.json``,
+``best``), the cached data set and the params ``train``, ``optimizers.<optimizer>``, ``profile``
+and ``device``. Writes ``history.csv``, ``metrics.json`` and, for the optimizers listed in
+``train.probe.optimizers``, ``probe.csv`` (:mod:`bench.schema`), all at once: the files are written
+into a staging directory beside the run directory, which is then swapped into place
+(:func:`bench.io.write_dir_atomic`), so a killed cell leaves no partial result. The resumable
+state lives outside the DVC outs in ``<runtime.checkpoint_dir>/<profile>/<problem>/<optimizer>/
+<seed>.pt``, written after every epoch and removed after a successful finish; rerunning the cell
+resumes from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import schema
+from bench.config import Config, resolve_device
+from bench.errors import UsageError
+from bench.io import read_json, write_dir_atomic, write_json_atomic, write_rows_csv_atomic
+from bench.provenance import params_hash, provenance
+from bench.training.loop import RunResult, run_training
+from bench.training.runs import RunSettings, build_run
+
+
+def run_settings(config: Config, problem: Any, device: str, *, epochs: int | None = None,
+                 probe: bool = False) -> RunSettings:  # fmt: skip
+    """The :class:`RunSettings` of ``problem`` under ``config.train`` (params override the
+    problem's own epochs / batch sizes when set)."""
+    train = config.train
+    return RunSettings(
+        epochs=epochs or train.epochs or problem.epochs,
+        batch_size=train.batch_size or problem.batch_size,
+        curvature_batch_size=train.curvature_batch_size or problem.curvature_batch_size,
+        eval_batch_size=train.eval_batch_size,
+        divergence_factor=train.divergence_factor,
+        plateau=train.plateau,
+        probe_every=train.probe.every if probe else None,
+        probe_batch_size=train.probe.batch_size,
+        progress=config.runtime.progress,
+        device=device,
+    )
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 (16 hex digits) of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def check_cell(config: Config, problem: str, optimizer: str, seed: int | None = None) -> None:
+    """UsageError unless the cell is part of the grid of ``config``."""
+    if problem not in config.problems:
+        raise UsageError(f"--problem {problem!r} is not in params problems {list(config.problems)}")
+    if optimizer not in config.optimizers:
+        raise UsageError(f"--optimizer {optimizer!r} has no section in params optimizers")
+    if seed is not None and seed not in config.seeds:
+        raise UsageError(f"--seed {seed} is not in params seeds {list(config.seeds)}")
+
+
+def read_tuned(config: Config, problem: str, optimizer: str, results: Path) -> dict[str, Any]:
+    """The ``best`` hyperparameters of the tune cell (problem, optimizer)."""
+    path = config.tune_path(problem, optimizer, results)
+    if not path.is_file():
+        raise UsageError(f"no tuned hyperparameters {path}: run `dvc repro tune` first")
+    tuned = read_json(path)
+    if (tuned.get("problem"), tuned.get("optimizer")) != (problem, optimizer):
+        raise UsageError(f"{path} is for {tuned.get('problem')}/{tuned.get('optimizer')}")
+    return dict(tuned["best"])
+
+
+def history_columns(result: RunResult) -> list[str]:
+    """history.csv: the fixed columns first, then every ``diag/<key>`` seen (empty = NaN where
+    a row lacks it), in order of first appearance."""
+    fixed = schema.history_columns(schema.TEST_SPLIT)
+    diagnostics: dict[str, None] = {}
+    for row in result.history:
+        diagnostics |= {key: None for key in row if key not in fixed}
+    return fixed + list(diagnostics)
+
+
+def run_metrics(result: RunResult, cell: dict[str, Any], hyperparameters: dict[str, Any],
+                record: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """metrics.json (:data:`bench.schema.METRICS_KEYS`): the last epoch's values (at divergence
+    when diverged: never back-filled)."""
+    last = result.history[-1]
+    accuracy = schema.accuracy_column(schema.TEST_SPLIT)
+    accuracies = [r[accuracy] for r in result.history if math.isfinite(r[accuracy])]
+    metrics = {
+        "problem": cell["problem"],
+        "optimizer": cell["optimizer"],
+        "seed": cell["seed"],
+        "epochs": int(last[schema.EPOCH]),
+        "steps": int(result.steps),
+        "final_train_loss": float(last[schema.TRAIN_LOSS]),
+        "final_test_loss": float(last[schema.loss_column(schema.TEST_SPLIT)]),
+        "final_test_accuracy": float(last[accuracy]),
+        "best_test_accuracy": max(accuracies) if accuracies else math.nan,
+        "wall_clock": float(last[schema.WALL_CLOCK]),
+        "diverged": result.diverged,
+        "diverged_epoch": result.diverged_epoch,
+        "final_lr": float(last[schema.LR]),
+        "resumed_from_epoch": result.resumed_from,
+        "hyperparameters": hyperparameters,
+        "provenance": record,
+    }
+    assert tuple(metrics) == schema.METRICS_KEYS
+    return metrics
+
+
+def cell_params(config: Config, cell: dict[str, Any], device: str, **extra: Any) -> dict[str, Any]:
+    """The params a cell's result depends on: its fingerprint and ``params_hash``. Never the
+    ``runtime`` section (it changes how a run is carried out, not what it computes)."""
+    return {
+        **cell,
+        "profile": config.profile,
+        "device": device,
+        **extra,
+        "train": config.raw.get("train"),
+        f"optimizers.{cell['optimizer']}": config.raw["optimizers"][cell["optimizer"]],
+    }
+
+
+def train_cell(
+    config: Config,
+    problem_name: str,
+    optimizer_name: str,
+    seed: int,
+    *,
+    results: str | Path = "results",
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train one cell and write its run directory; return its metrics."""
+    from bench.data import load_splits
+    from bench.problems import get_problem
+
+    check_cell(config, problem_name, optimizer_name, seed)
+    results = Path(results)
+    hyperparameters = read_tuned(config, problem_name, optimizer_name, results)
+    problem = get_problem(problem_name)
+    data_path = config.data_path(problem.dataset, results)
+    splits = load_splits(data_path)
+    device = resolve_device(config.device)
+    probe = optimizer_name in config.train.probe.optimizers
+    settings = run_settings(config, problem, device, probe=probe)
+    cell = {"problem": problem_name, "optimizer": optimizer_name, "seed": seed}
+    params = cell_params(config, cell, device)
+    params |= {"hyperparameters": hyperparameters, "data": file_digest(data_path)}
+    inputs = build_run(
+        problem, optimizer_name, hyperparameters, splits,
+        seed=seed, batch_size=settings.batch_size, device=device,
+    )  # fmt: skip
+    checkpoint = config.checkpoint_path(problem_name, optimizer_name, seed)
+    result = run_training(
+        inputs.model, inputs.optimizer, inputs.batches, inputs.train_split, inputs.test_split,
+        seed=seed, settings=settings, loss=inputs.loss, eval_name=schema.TEST_SPLIT,
+        checkpoint=checkpoint, fingerprint=params_hash(params), on_epoch_end=on_epoch_end,
+        description=f"{problem_name}/{optimizer_name}/{seed}",
+    )  # fmt: skip
+    record = provenance(seed=seed, device=device, threads=config.train.threads, params=params)
+    metrics = run_metrics(result, cell, hyperparameters, record)
+
+    def write(folder: Path) -> None:
+        write_rows_csv_atomic(folder / "history.csv", result.history, history_columns(result))
+        write_json_atomic(folder / "metrics.json", metrics, allow_nan=True)
+        if probe:
+            write_rows_csv_atomic(folder / "probe.csv", result.probe, schema.PROBE_COLUMNS)
+
+    write_dir_atomic(config.run_dir(problem_name, optimizer_name, seed, results), write)
+    checkpoint.unlink(missing_ok=True)
+    return metrics
+
+
+def cell_arguments(
+    description: str, argv: Sequence[str] | None, *, seed: bool
+) -> tuple[argparse.Namespace, Config]:
+    """The command line of a per-cell stage (train: with ``--seed``; tune: without), its
+    validated config, the cell checked and torch set up (threads, determinism) from the config."""
+    from bench.cli import ArgumentParser
+    from bench.config import load_pipeline_config
+    from bench.training.runs import setup_torch
+
+    parser = ArgumentParser(description=description)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--problem", required=True)
+    parser.add_argument("--optimizer", required=True)
+    if seed:
+        parser.add_argument("--seed", type=int, required=True)
+    args = parser.parse_args(argv)
+    config = load_pipeline_config(args.params)
+    check_cell(config, args.problem, args.optimizer, args.seed if seed else None)
+    setup_torch(config.train.threads, config.train.deterministic)
+    return args, config

@@ -1,0 +1,152 @@
+"""A tune cell (problem, optimizer) → ``results/<profile>/tune/<problem>/<optimizer>.json``.
+
+The protocol (:data:`PROTOCOL`, filled in and stored in every output file, quoted by the README):
+a grid (learning rates, and for some optimizers a second axis, e.g. K-FAC's damping), a short
+budget, one seed, the validation split. The grid is ``optimizers.<name>.grid`` from params when
+set, else the registry spec's ``grid`` without the axes that params fix in
+``optimizers.<name>.hyperparameters`` (fixing ``lr`` there skips the learning-rate search).
+
+Output: ``{"problem", "optimizer", "grid": [{<swept hyperparameters incl. lr>, "valid_loss",
+"valid_accuracy", "train_loss", "diverged"}, ...], "best": {hyperparameters incl. lr},
+"all_diverged", "epochs", "protocol", "provenance"}``.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+from bench import schema
+from bench.config import Config, resolve_device
+from bench.io import write_json_atomic
+from bench.provenance import provenance
+from bench.training.cells import cell_params, check_cell, file_digest, run_settings
+from bench.training.loop import run_training
+from bench.training.runs import build_run
+
+PROTOCOL = (
+    "Learning rate tuned per (problem, optimizer) on the validation split with one seed "
+    "({seed}): for every point of the grid {grid}, the model is trained for {epochs} "
+    "epoch(s) ({fraction:g} of the {train_epochs}-epoch budget, rounded up; same loop, batch "
+    "size and plateau rule as the training runs) and its loss on the validation split is "
+    "measured after the last epoch. The chosen point has the lowest final validation "
+    "loss among the runs that did not diverge (non-finite loss, or a training loss more than "
+    "{factor:g}x its previous epoch's value; ties: the first in grid order); if all diverge, "
+    "the point with the smallest learning rate is kept and the file says so (all_diverged). "
+    "The other hyperparameters are the registry defaults overridden by params "
+    "optimizers.<name>.hyperparameters."
+)
+
+
+def search_grid(config: Config, optimizer: str) -> dict[str, list[Any]]:
+    """The axes of the tune cell: params ``grid``, else the registry's minus the fixed axes."""
+    from optimizers.registry import get_spec
+
+    section = config.optimizers[optimizer]
+    if section.grid is not None:
+        return {axis: list(values) for axis, values in section.grid.items()}
+    fixed = section.hyperparameters
+    return {a: list(v) for a, v in get_spec(optimizer).grid.items() if a not in fixed}
+
+
+def grid_points(config: Config, optimizer: str) -> list[dict[str, Any]]:
+    """Every hyperparameter set the cell tries: fixed ones + one point of the grid, with ``lr``
+    always present (the registry default when neither fixed nor swept)."""
+    from optimizers.registry import get_spec
+
+    fixed = dict(config.optimizers[optimizer].hyperparameters)
+    fixed.setdefault("lr", get_spec(optimizer).defaults["lr"])
+    axes = search_grid(config, optimizer)
+    return [{**fixed, **dict(zip(axes, values, strict=True))} for values in product(*axes.values())]
+
+
+def tune_epochs(config: Config, train_epochs: int) -> int:
+    """max(1, ⌈epochs_fraction × training epochs⌉)."""
+    return max(1, math.ceil(config.tune.epochs_fraction * train_epochs - 1e-9))
+
+
+def choose(rows: list[dict[str, Any]]) -> tuple[int, bool]:
+    """(index of the chosen row, whether every run diverged): the lowest final valid loss among
+    the finite, non-diverged runs (ties: the first); the smallest lr when none qualifies."""
+    usable = [i for i, r in enumerate(rows) if not r["diverged"] and math.isfinite(r["valid_loss"])]
+    if not usable:
+        return min(range(len(rows)), key=lambda i: rows[i]["lr"]), True
+    return min(usable, key=lambda i: rows[i]["valid_loss"]), False
+
+
+def grid_row(problem: Any, optimizer_name: str, point: dict[str, Any], axes: dict[str, list[Any]],
+             splits: Any, settings: Any, *, seed: int, device: str) -> dict[str, Any]:  # fmt: skip
+    """Train one point of the grid on the training split; its row of the tune file (values
+    after the last epoch, the validation split's loss and accuracy)."""
+    inputs = build_run(
+        problem, optimizer_name, point, splits,
+        seed=seed, batch_size=settings.batch_size, device=device,
+    )  # fmt: skip
+    result = run_training(
+        inputs.model, inputs.optimizer, inputs.batches, inputs.train_split, inputs.valid_split,
+        seed=seed, settings=settings, loss=inputs.loss, eval_name=schema.VALID_SPLIT,
+        description=f"tune {problem.name}/{optimizer_name} {point}",
+    )  # fmt: skip
+    last = result.history[-1]
+    return {
+        "lr": float(point["lr"]),
+        **{axis: point[axis] for axis in axes if axis != "lr"},
+        "valid_loss": float(last[schema.loss_column(schema.VALID_SPLIT)]),
+        "valid_accuracy": float(last[schema.accuracy_column(schema.VALID_SPLIT)]),
+        "train_loss": float(last[schema.TRAIN_LOSS]),
+        "diverged": result.diverged,
+    }
+
+
+def tune_cell(
+    config: Config, problem_name: str, optimizer_name: str, *, results: str | Path = "results"
+) -> dict[str, Any]:
+    """Run the grid of one (problem, optimizer) cell, write its JSON and return it."""
+    from bench.data import load_splits
+    from bench.problems import get_problem
+
+    check_cell(config, problem_name, optimizer_name)
+    results = Path(results)
+    problem = get_problem(problem_name)
+    data_path = config.data_path(problem.dataset, results)
+    splits = load_splits(data_path)
+    device = resolve_device(config.device)
+    train_epochs = run_settings(config, problem, device).epochs
+    settings = run_settings(config, problem, device, epochs=tune_epochs(config, train_epochs))
+    axes = search_grid(config, optimizer_name)
+    points = grid_points(config, optimizer_name)
+    seed = config.tune.seed
+    rows = [
+        grid_row(problem, optimizer_name, point, axes, splits, settings, seed=seed, device=device)
+        for point in points
+    ]
+    chosen, all_diverged = choose(rows)
+    protocol = PROTOCOL.format(
+        seed=seed,
+        grid=axes or {"lr": [points[0]["lr"]]},
+        epochs=settings.epochs,
+        fraction=config.tune.epochs_fraction,
+        train_epochs=train_epochs,
+        factor=config.train.divergence_factor,
+    )
+    cell = {"problem": problem_name, "optimizer": optimizer_name}
+    params = cell_params(config, cell, device, tune=config.raw.get("tune"))
+    params["data"] = file_digest(data_path)
+    output = {
+        "problem": problem_name,
+        "optimizer": optimizer_name,
+        "grid": rows,
+        "best": points[chosen],
+        "all_diverged": all_diverged,
+        "epochs": settings.epochs,
+        "protocol": protocol,
+        "provenance": provenance(
+            seed=seed, device=device, threads=config.train.threads, params=params
+        ),
+    }
+    write_json_atomic(
+        config.tune_path(problem_name, optimizer_name, results), output, allow_nan=True
+    )
+    return output
