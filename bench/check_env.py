@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import sys
+from collections.abc import Sequence
+
+from bench.cli import ArgumentParser, run
 
 PINNED_TORCH = "2.13.0"
 
@@ -33,9 +36,10 @@ def problems(strict: bool = False) -> list[str]:
     return found
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    found = problems(strict="--strict" in argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--strict", action="store_true", help="also require the CPU build")
+    found = problems(strict=parser.parse_args(argv).strict)
     for line in found:
         print(f"check_env: {line}", file=sys.stderr)
     if not found:
@@ -46,4 +50,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run(main))

@@ -519,6 +519,15 @@ def parse_config(params: Any, source: str = "params.yaml") -> Config:
     return validator.section(Config, rest, "", optimizers=_frozen(sections), raw=_frozen(params))
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line: where the YAML parser stopped and why."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + (f"{problem} ({context})" if context else problem)
+
+
 def load_config(path: str | Path = "params.yaml") -> Config:
     """Read and validate ``path`` (no side effect); :class:`ConfigError` names the first bad key."""
     path = Path(path)
@@ -529,7 +538,7 @@ def load_config(path: str | Path = "params.yaml") -> Config:
     try:
         params = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(error)}") from None
     return parse_config(params, str(path))
 
 
