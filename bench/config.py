@@ -91,15 +91,41 @@ def _fraction(key: str, value: float, *, low_open: bool, high_open: bool) -> Non
         raise FieldError(key, f"expected a fraction in {interval}, got {value!r}")
 
 
-def _each_positive(key: str, values: tuple[int, ...]) -> None:
+def _each_positive(key: str, values: tuple[int, ...], high: int) -> None:
     for index, value in enumerate(values):
         _positive(f"{key}[{index}]", value)
+        _at_most(f"{key}[{index}]", value, high)
+
+
+# Sane bounds: values beyond these are mistakes (a seed that overflows int64 in the summary, a
+# timing width that allocates tens of GB, a learning rate that overflows), refused at parse time
+# instead of failing late, deep inside a stage, after hours of training.
+SEED_MAX = 2**32 - 1
+LR_MAX = 1e3
+THREADS_MAX = 1024
+EPOCHS_MAX = 100_000
+BATCH_MAX = 1_000_000
+STEPS_MAX = 1_000_000
+MIN_EXAMPLES = 100  # prepare.max_train / max_test: fewer makes every number meaningless
+WIDTH_MAX, DEPTH_MAX = 8192, 256  # timing.scaling: a width² × depth float MLP stays < ~1 GB
+ROUNDS_MAX = 1000
+
+
+def _at_most(key: str, value: float | None, high: float) -> None:
+    if value is not None and value > high:
+        raise FieldError(key, f"expected at most {high:g}, got {value!r}")
+
+
+def _seed(key: str, value: int) -> None:
+    if not 0 <= value <= SEED_MAX:
+        raise FieldError(key, f"expected a seed in [0, 2**32 - 1], got {value!r}")
 
 
 def _learning_rate(key: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise FieldError(key, f"expected float, got {value!r}")
     _positive(key, value)
+    _at_most(key, value, LR_MAX)
 
 
 class _Section:
@@ -122,9 +148,11 @@ class PrepareConfig(_Section):
     max_test: int | None  # keep the first n test examples (None: all)
 
     def check(self) -> None:
-        _positive("seed", self.seed, strict=False)
-        _positive("max_train", self.max_train)
-        _positive("max_test", self.max_test)
+        _seed("seed", self.seed)
+        for key in ("max_train", "max_test"):
+            value = getattr(self, key)
+            if value is not None and value < MIN_EXAMPLES:
+                raise FieldError(key, f"expected null or at least {MIN_EXAMPLES}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -135,7 +163,7 @@ class TuneConfig(_Section):
     epochs_fraction: float  # budget = max(1, ceil(fraction × the training epochs))
 
     def check(self) -> None:
-        _positive("seed", self.seed, strict=False)
+        _seed("seed", self.seed)
         _fraction("epochs_fraction", self.epochs_fraction, low_open=True, high_open=False)
 
 
@@ -151,6 +179,7 @@ class PlateauConfig(_Section):
     def check(self) -> None:
         _positive("threshold", self.threshold, strict=False)
         _positive("patience", self.patience)
+        _at_most("patience", self.patience, EPOCHS_MAX)
         _fraction("factor", self.factor, low_open=True, high_open=True)
 
 
@@ -164,7 +193,9 @@ class ProbeConfig(_Section):
 
     def check(self) -> None:
         _positive("every", self.every)
+        _at_most("every", self.every, STEPS_MAX)
         _positive("batch_size", self.batch_size)
+        _at_most("batch_size", self.batch_size, BATCH_MAX)
 
 
 @dataclass(frozen=True)
@@ -184,6 +215,10 @@ class TrainConfig(_Section):
     def check(self) -> None:
         for key in ("epochs", "batch_size", "curvature_batch_size", "eval_batch_size", "threads"):
             _positive(key, getattr(self, key))
+        _at_most("epochs", self.epochs, EPOCHS_MAX)
+        for key in ("batch_size", "curvature_batch_size", "eval_batch_size"):
+            _at_most(key, getattr(self, key), BATCH_MAX)
+        _at_most("threads", self.threads, THREADS_MAX)
         if self.divergence_factor <= 1:
             raise FieldError(
                 "divergence_factor", f"expected a factor > 1, got {self.divergence_factor!r}"
@@ -283,8 +318,10 @@ class InvarianceConfig(_Section):
     def check(self) -> None:
         for key in ("steps", "batch_size", "min_movement"):
             _positive(key, getattr(self, key))
+        _at_most("steps", self.steps, STEPS_MAX)
+        _at_most("batch_size", self.batch_size, BATCH_MAX)
         _positive("shift_std", self.shift_std, strict=False)
-        _positive("seed", self.seed, strict=False)
+        _seed("seed", self.seed)
         if self.scale_range < 1:
             raise FieldError("scale_range", f"expected a number >= 1, got {self.scale_range!r}")
 
@@ -306,8 +343,13 @@ class ScalingConfig(_Section):
     def check(self) -> None:
         for key in ("width", "depth", "batch", "full_order3_max_subsets", "rounds"):
             _positive(key, getattr(self, key))
-        for key in ("widths", "depths", "batches"):
-            _each_positive(key, getattr(self, key))
+        sweeps = {"width": ("widths", WIDTH_MAX), "depth": ("depths", DEPTH_MAX),
+                  "batch": ("batches", BATCH_MAX)}  # fmt: skip
+        for key, (sweep, high) in sweeps.items():
+            _at_most(key, getattr(self, key), high)
+            _each_positive(sweep, getattr(self, sweep), high)
+        _at_most("full_order3_max_subsets", self.full_order3_max_subsets, 64)
+        _at_most("rounds", self.rounds, ROUNDS_MAX)
         for index, name in enumerate(self.partitions):
             blocks = name.startswith("blocks") and name[len("blocks") :].isdigit()
             if name not in PARTITION_NAMES and not blocks:
@@ -326,7 +368,9 @@ class TimingConfig(_Section):
 
     def check(self) -> None:
         _positive("period", self.period)
+        _at_most("period", self.period, STEPS_MAX)
         _positive("rounds", self.rounds)
+        _at_most("rounds", self.rounds, ROUNDS_MAX)
 
 
 @dataclass(frozen=True)
@@ -365,7 +409,7 @@ class Config(_Section):
             if len(set(values)) != len(values):
                 raise FieldError(key, f"duplicate entries in {list(values)}")
         for index, seed in enumerate(self.seeds):
-            _positive(f"seeds[{index}]", seed, strict=False)
+            _seed(f"seeds[{index}]", seed)
         if not self.optimizers:
             raise FieldError("optimizers", "expected at least one optimizer section")
 
@@ -528,6 +572,50 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return where + (f"{problem} ({context})" if context else problem)
 
 
+def _first_difference(ours: Any, theirs: Any, key: str = "") -> tuple[str, Any, Any] | None:
+    """The first dotted key where two readings of one YAML file differ (type or value)."""
+    if isinstance(ours, Mapping) and isinstance(theirs, Mapping):
+        for name in ours:
+            inner = f"{key}.{name}" if key else str(name)
+            found = (
+                _first_difference(ours[name], theirs.get(name), inner) if name in theirs else None
+            )
+            if found:
+                return found
+        return None
+    if isinstance(ours, list) and isinstance(theirs, list) and len(ours) == len(theirs):
+        for index, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+            found = _first_difference(a, b, f"{key}[{index}]")
+            if found:
+                return found
+        return None
+    same = type(ours) is type(theirs) and (ours == theirs or ours != ours and theirs != theirs)
+    return None if same else (key or "(top level)", ours, theirs)
+
+
+def _check_yaml_versions_agree(text: str, params: Any, source: str) -> None:
+    """Refuse a value that PyYAML (YAML 1.1, the stages' reader) and ruamel (YAML 1.2, DVC's
+    reader of the same file for its params dependencies) read differently: ``yes``/``on``
+    (booleans to one, strings to the other), ``1e23`` (a string to one, a float to the other),
+    ``010`` (octal to one), ... Without DVC installed there is no second reader: nothing to do."""
+    try:
+        from ruamel.yaml import YAML
+    except ImportError:  # pragma: no cover - dvc (and so ruamel) is a dependency of the bench
+        return
+    try:
+        theirs = YAML(typ="safe", pure=True).load(text)
+    except Exception:  # noqa: BLE001 - a file ruamel cannot read at all
+        raise ConfigError(f"{source}: DVC's YAML 1.2 reader cannot read this file") from None
+    found = _first_difference(params, theirs)
+    if found is not None:
+        key, ours, other = found
+        raise ConfigError(
+            f"{source}: {key}: read as {ours!r} by PyYAML (YAML 1.1, the stages) but as "
+            f"{other!r} by DVC (YAML 1.2): write it so both agree (quote a string, write "
+            "true/false, give a float a '.' as in 1.0e+23)"
+        )
+
+
 def load_config(path: str | Path = "params.yaml") -> Config:
     """Read and validate ``path`` (no side effect); :class:`ConfigError` names the first bad key."""
     path = Path(path)
@@ -539,6 +627,7 @@ def load_config(path: str | Path = "params.yaml") -> Config:
         params = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(error)}") from None
+    _check_yaml_versions_agree(text, params, str(path))
     return parse_config(params, str(path))
 
 
@@ -586,6 +675,46 @@ def _known_optimizer(fail, key: str, name: str, known: set[str]) -> None:
         fail(key, f"unknown optimizer {name!r} (known: {', '.join(sorted(known))})")
 
 
+def _kind(value: Any) -> str | None:
+    """The kind a hyperparameter's default fixes for its values (None: any value)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, tuple | list):
+        return "list"
+    return None
+
+
+def _check_hyperparameters(fail, name: str, section: OptimizerConfig, accepted) -> None:
+    """Each fixed or swept hyperparameter is one of ``accepted`` (the registry defaults) and of
+    its default's kind (a number where the default is a number, ...); numbers are finite."""
+    values = [
+        ("hyperparameters", key, key, value) for key, value in section.hyperparameters.items()
+    ]
+    for axis, points in (section.grid or {}).items():
+        values += [("grid", axis, f"{axis}[{i}]", value) for i, value in enumerate(points)]
+    for part, key, where, value in values:
+        if key not in accepted:
+            known = ", ".join(sorted(accepted))
+            fail(
+                f"optimizers.{name}.{part}.{key}",
+                f"unknown hyperparameter of {name} (known: {known})",
+            )
+        kind = _kind(accepted[key])
+        if value is None or kind is None:
+            continue
+        if _kind(value) != kind or (kind == "number" and not math.isfinite(value)):
+            default = accepted[key]
+            fail(
+                f"optimizers.{name}.{part}.{where}",
+                f"expected a {'finite number' if kind == 'number' else kind} like the default "
+                f"{default!r}, got {value!r}",
+            )
+
+
 def check_names(config: Config, source: str = "params.yaml") -> Config:
     """Optimizer and problem names against the registries (after :func:`load_extensions`)."""
     from bench.problems import PROBLEMS
@@ -601,14 +730,7 @@ def check_names(config: Config, source: str = "params.yaml") -> Config:
         _known_optimizer(fail, f"train.probe.optimizers[{index}]", name, known)
     for name, section in config.optimizers.items():
         _known_optimizer(fail, f"optimizers.{name}", name, known)
-        accepted = get_spec(name).defaults
-        for part, keys in (("hyperparameters", section.hyperparameters), ("grid", section.grid)):
-            for key in keys or ():
-                if key not in accepted:
-                    fail(
-                        f"optimizers.{name}.{part}.{key}",
-                        f"unknown hyperparameter of {name} (known: {', '.join(sorted(accepted))})",
-                    )
+        _check_hyperparameters(fail, name, section, get_spec(name).defaults)
     for index, name in enumerate(config.problems):
         if name not in PROBLEMS:
             fail(

@@ -139,3 +139,43 @@ def test_stage_refuses_bad_params_before_writing_anything(tmp_path, stage):
         main(["--params", str(path), "--results", str(results), *cell[stage]])
     assert _snapshot(tmp_path) == before
     assert yaml.safe_load(previous.read_text()) == {"previous": True}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key", "words"),
+    [
+        (lambda p: p.update(seeds=[10**23]), "seeds[0]", "2**32"),
+        (lambda p: p["prepare"].update(seed=-1), "prepare.seed", "seed in"),
+        (lambda p: p["prepare"].update(max_train=1), "prepare.max_train", "at least 100"),
+        (lambda p: p["optimizers"]["sgd"].update(hyperparameters={"lr": 1e300}),
+         "optimizers.sgd.hyperparameters.lr", "at most"),
+        (lambda p: p["train"].update(threads=100000), "train.threads", "at most"),
+        (lambda p: p["timing"]["scaling"].update(widths=[64, 100000000]),
+         "timing.scaling.widths[1]", "at most"),
+        (lambda p: p["timing"]["scaling"].update(width=100000000), "timing.scaling.width",
+         "at most"),
+        (lambda p: p["optimizers"]["sgd"].update(grid={"momentum": [0.5, "x"]}),
+         "optimizers.sgd.grid.momentum[1]", "finite number"),
+        (lambda p: p["optimizers"]["sgd"].update(hyperparameters={"nesterov": 1}),
+         "optimizers.sgd.hyperparameters.nesterov", "bool"),
+    ],
+)  # fmt: skip
+def test_late_crashes_are_range_and_type_errors_at_parse_time(tmp_path, mutate, key, words):
+    message = _error(tmp_path, mutate)
+    assert message.startswith(f"params.yaml: {key}: "), message
+    assert words in message
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [("yes", "train.deterministic"), ("1e23", "train.divergence_factor"), ("010", "train.epochs")],
+)
+def test_values_pyyaml_and_dvc_read_differently_are_refused(tmp_path, text, key):
+    params = tiny_params(tmp_path)
+    section, name = key.split(".")
+    params[section][name] = "@@"
+    path = write_params(tmp_path / "params.yaml", params)
+    path.write_text(path.read_text().replace("'@@'", text))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert f"{key}: read as" in str(error.value) and "YAML 1.2" in str(error.value)
