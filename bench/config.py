@@ -397,6 +397,9 @@ class Config(_Section):
     report: ReportConfig
     plugins: tuple[str, ...] = ()  # may be omitted: modules imported by load_extensions
     raw: Mapping[str, Any] = field(default_factory=_frozen, repr=False, compare=False)
+    # The project folder: the params file's. Relative paths of a run (results, checkpoints) are
+    # taken from it, whatever the current directory (not a params key).
+    root: Path = field(default=Path("."), repr=False, compare=False)
 
     def check(self) -> None:
         if not layout.valid_profile(self.profile):
@@ -429,9 +432,12 @@ class Config(_Section):
         return layout.run_dir(self.profile, problem, optimizer, seed, root)
 
     def checkpoint_path(self, problem: str, optimizer: str, seed: int) -> Path:
-        return layout.checkpoint_path(
-            self.runtime.checkpoint_dir, self.profile, problem, optimizer, seed
-        )
+        folder = self.root / self.runtime.checkpoint_dir  # an absolute dir stays as it is
+        return layout.checkpoint_path(folder, self.profile, problem, optimizer, seed)
+
+    def project_path(self, path: str | Path | None, default: str) -> Path:
+        """``path`` (a command-line folder), or ``default`` inside the project folder."""
+        return Path(path) if path is not None else self.root / default
 
 
 # Sections whose keys may be left out (their dataclasses have defaults), and top-level keys.
@@ -524,6 +530,7 @@ class _Validator:
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in given}
         fields.pop("raw", None)
+        fields.pop("root", None)
         prefix = f"{key}." if key else ""
         for name in value:
             if name not in fields:
@@ -543,8 +550,9 @@ class _Validator:
             self.fail(where or "(top level)", error.message)
 
 
-def parse_config(params: Any, source: str = "params.yaml") -> Config:
-    """Validate an already parsed params mapping (no side effect; see the module docstring)."""
+def parse_config(params: Any, source: str = "params.yaml", root: str | Path = ".") -> Config:
+    """Validate an already parsed params mapping (no side effect; see the module docstring);
+    ``root`` is the project folder (the params file's)."""
     validator = _Validator(source)
     if not isinstance(params, Mapping):
         validator.fail("(top level)", f"expected a mapping, got {_describe(params)}")
@@ -560,7 +568,9 @@ def parse_config(params: Any, source: str = "params.yaml") -> Config:
         for name, section in optimizers.items()
     }
     rest = {key: value for key, value in params.items() if key != "optimizers"}
-    return validator.section(Config, rest, "", optimizers=_frozen(sections), raw=_frozen(params))
+    return validator.section(
+        Config, rest, "", optimizers=_frozen(sections), raw=_frozen(params), root=Path(root)
+    )
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
@@ -628,7 +638,7 @@ def load_config(path: str | Path = "params.yaml") -> Config:
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(error)}") from None
     _check_yaml_versions_agree(text, params, str(path))
-    return parse_config(params, str(path))
+    return parse_config(params, str(path), root=path.resolve().parent)
 
 
 def load_extensions(config: Config, source: str = "params.yaml") -> Config:
@@ -753,7 +763,24 @@ def load_pipeline_config(path: str | Path = "params.yaml") -> Config:
     its ``plugins`` and register its ``optimizers.<name>.register`` entries, then check every
     optimizer and problem name against the registries. :class:`ConfigError` names the key."""
     config = load_config(path)
+    _check_code_is_the_projects(config, str(path))
     return check_names(load_extensions(config, str(path)), str(path))
+
+
+def _check_code_is_the_projects(config: Config, source: str) -> None:
+    """Refuse to run a project's stages with another checkout's code: a params file whose folder
+    holds a ``bench`` package other than the one running (e.g. a stage started from another
+    directory, importing an installed copy) would mix one project's params with other code."""
+    import bench
+
+    theirs = config.root / "bench" / "__init__.py"
+    ours = Path(bench.__file__).resolve()
+    if theirs.is_file() and theirs.resolve() != ours:
+        raise ConfigError(
+            f"{source}: this params file belongs to the project {config.root}, but the code "
+            f"running is {ours.parent.parent}: run the stage from {config.root} "
+            "(cd there first) with that project's environment"
+        )
 
 
 def resolve_device(device: str) -> str:

@@ -64,10 +64,11 @@ def prepare(config: Config, *, results: str | Path = "results") -> dict[str, Pat
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--results", type=Path, default=None, help="default: <project>/results")
     args = parser.parse_args(argv)
     config = load_pipeline_config(args.params)
-    for name, path in prepare(config, results=args.results).items():
+    results = config.project_path(args.results, "results")
+    for name, path in prepare(config, results=results).items():
         print(f"prepare: {name} → {path}")
     return 0
 

@@ -255,6 +255,48 @@ def test_resume_from_checkpoint_is_bitwise_identical(seed, tmp_path):
     assert strip(resumed.history) == strip(uninterrupted.history)
 
 
+@pytest.mark.parametrize("content", [[1, 2, 3], {"format": 2, "fingerprint": "f"}, {"a": 1}])
+def test_a_checkpoint_of_another_structure_is_ignored_with_a_warning(seed, tmp_path, capsys,
+                                                                     content):  # fmt: skip
+    checkpoint = tmp_path / "run.pt"
+    torch.save(content, checkpoint)
+    stray = tmp_path / ".run.pt.abc123.tmp"  # a checkpoint write killed before its rename
+    stray.write_bytes(b"partial")
+    model, batches, split = toy_problem(seed)
+    optimizer = RecordingSGD(model, lr=0.1)
+    result = run_training(
+        model, optimizer, batches, split, split, seed=seed, settings=settings(epochs=1),
+        checkpoint=checkpoint, fingerprint="f",
+    )  # fmt: skip
+    assert result.resumed_from is None and len(result.history) == 2
+    err = capsys.readouterr().err
+    assert f"ignoring checkpoint {checkpoint}" in err and "removing the partial checkpoint" in err
+    assert not stray.exists()
+
+
+def test_stages_work_relative_to_the_params_files_project(tmp_path, monkeypatch):
+    from bench.config import load_pipeline_config
+
+    params = tiny_params(tmp_path)
+    params["runtime"]["checkpoint_dir"] = ".checkpoints"  # relative: inside the project
+    path = write_params(tmp_path / "params.yaml", params)
+    monkeypatch.chdir(Path(__file__).parent)  # somewhere else
+    config = load_pipeline_config(path)
+    assert config.root == tmp_path.resolve()
+    assert config.checkpoint_path("digits_mlp", "sgd", 0).is_relative_to(tmp_path.resolve())
+    assert config.project_path(None, "results") == tmp_path.resolve() / "results"
+
+
+def test_a_params_file_of_another_checkout_is_refused(tmp_path):
+    from bench.config import ConfigError, load_pipeline_config
+
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "__init__.py").write_text("")  # another copy of the project's code
+    path = write_params(tmp_path / "params.yaml", tiny_params(tmp_path))
+    with pytest.raises(ConfigError, match="belongs to the project"):
+        load_pipeline_config(path)
+
+
 # --------------------------------------------------------------------------- the stages
 @pytest.fixture
 def tiny(tmp_path):

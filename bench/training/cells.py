@@ -162,7 +162,9 @@ def train_cell(
         checkpoint=checkpoint, fingerprint=params_hash(params), on_epoch_end=on_epoch_end,
         description=f"{problem_name}/{optimizer_name}/{seed}",
     )  # fmt: skip
-    record = provenance(seed=seed, device=device, threads=config.train.threads, params=params)
+    record = provenance(
+        seed=seed, device=device, threads=config.train.threads, params=params, cwd=config.root
+    )
     metrics = run_metrics(result, cell, hyperparameters, record)
 
     def write(folder: Path) -> None:
@@ -187,13 +189,14 @@ def cell_arguments(
 
     parser = ArgumentParser(description=description)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--results", type=Path, default=None, help="default: <project>/results")
     parser.add_argument("--problem", required=True)
     parser.add_argument("--optimizer", required=True)
     if seed:
         parser.add_argument("--seed", type=int, required=True)
     args = parser.parse_args(argv)
     config = load_pipeline_config(args.params)
+    args.results = config.project_path(args.results, "results")
     check_cell(config, args.problem, args.optimizer, args.seed if seed else None)
     setup_torch(config.train.threads, config.train.deterministic)
     return args, config

@@ -93,7 +93,12 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: Path | None, fingerprint: str) -> dict[str, Any] | None:
     """The checkpoint at ``path`` if it exists, is readable, has this loop's structure and
     belongs to this run (same fingerprint); None, with a warning on stderr, otherwise."""
-    if path is None or not path.is_file():
+    if path is None:
+        return None
+    for stray in path.parent.glob(f".{path.name}.*.tmp"):  # a write killed before its rename
+        print(f"removing the partial checkpoint {stray}", file=sys.stderr)
+        stray.unlink(missing_ok=True)
+    if not path.is_file():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)

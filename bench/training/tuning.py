@@ -143,7 +143,7 @@ def tune_cell(
         "epochs": settings.epochs,
         "protocol": protocol,
         "provenance": provenance(
-            seed=seed, device=device, threads=config.train.threads, params=params
+            seed=seed, device=device, threads=config.train.threads, params=params, cwd=config.root
         ),
     }
     write_json_atomic(
