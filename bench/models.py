@@ -7,6 +7,9 @@
 | :func:`vgg11_nobn` | VGG-11 convs (no BatchNorm), global average pool, fc 512→10 | ELU | √2 | 18 |
 | :func:`deep_mlp` | 3072-(1024×20)-10 | ELU | √2 | 42 |
 
+The cost studies (:mod:`bench.studies`) time these models on random inputs: :data:`STUDY_MODELS`
+names each with its input shape (the deep MLP at width 256, the paper's 1024 reduced for CPU).
+
 Initialisation (:func:`init_paper_`): every weight W of a linear or convolutional layer is drawn
 as N(0, 1)·σ_w/√fan_in (fan_in = inputs of a linear layer, in_channels·k_h·k_w of a
 convolution), every bias is 0. The builders initialise this way from torch's global generator,
@@ -16,7 +19,9 @@ input first, so they take ``[N, C, H, W]`` or ``[N, D]``. Every model returns lo
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -24,6 +29,7 @@ from torch import nn
 __all__ = [
     "ACTIVATIONS",
     "PAPER_SIGMA_W",
+    "STUDY_MODELS",
     "deep_mlp",
     "init_paper_",
     "lenet5",
@@ -169,3 +175,11 @@ def vgg11_nobn(
             channels = item
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
     return init_paper_(nn.Sequential(*layers), PAPER_SIGMA_W["elu"], generator=generator)
+
+
+STUDY_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    # name: (builder, the shape of one input)
+    "mnist_mlp": (mlp_mnist, (784,)),
+    "cifar10_lenet5": (lenet5, (3, 32, 32)),
+    "cifar10_deepmlp_w256": (functools.partial(deep_mlp, 256), (3072,)),
+}

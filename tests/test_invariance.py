@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from bench.data import load_arrays
-from bench.invariance import (
+from bench.problems import get_problem
+from bench.studies.invariance import (
     deviation,
     draw_maps,
     invariance_cell,
@@ -17,7 +18,6 @@ from bench.invariance import (
     reparameterize,
     study,
 )
-from bench.problems import get_problem
 
 DT = torch.float64
 
@@ -67,11 +67,11 @@ def test_ours_stays_at_rounding_level_and_sgd_drifts(seed):
 def test_stage_writes_its_record(tmp_path, monkeypatch):
     from test_stages import tiny_params
 
-    from bench.config import parse_config
+    from bench.config import parse_pipeline_config
     from bench.prepare import prepare
 
     monkeypatch.chdir(tmp_path)
-    config = parse_config(tiny_params(tmp_path))
+    config = parse_pipeline_config(tiny_params(tmp_path))
     prepare(config, results=tmp_path / "results")
     path = invariance_cell(config, "digits_mlp", tmp_path / "results")
     record = json.loads(path.read_text())

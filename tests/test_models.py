@@ -165,3 +165,15 @@ def test_bad_arguments_raise_value_error():
         models.init_paper_(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), 1.0)
     with pytest.raises(ValueError, match="depth"):
         models.deep_mlp(depth=0)
+
+
+@pytest.mark.parametrize("name", list(models.STUDY_MODELS))
+def test_study_models_take_their_input_shape(name, single_thread):
+    build, shape = models.STUDY_MODELS[name]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(BUILD_SEED)
+        model = build()
+    expected = {"mnist_mlp": 8, "cifar10_lenet5": 10, "cifar10_deepmlp_w256": 42}[name]
+    assert len(per_tensor(model)) == expected
+    with torch.no_grad():
+        assert model(torch.randn(2, *shape)).shape == (2, 10)

@@ -1,10 +1,10 @@
-"""The regression gate's verdicts (bench.perf_check.compare) on constructed ratios."""
+"""The regression gate's verdicts (bench.studies.perf_check.compare) on constructed ratios."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.perf_check import OTHER_MACHINE_FACTOR, compare
+from bench.studies.perf_check import OTHER_MACHINE_FACTOR, compare
 
 MACHINE = {"cpu": "test cpu", "cores": 2, "threads": 1, "torch": "2.13.0", "python": "3.11"}
 BASELINE = {"ratios": {"a / b": 2.0, "c / d": 5.0}, "tolerance": 0.3, "machine": MACHINE}

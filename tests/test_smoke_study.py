@@ -1,11 +1,13 @@
-"""bench.smoke_study: the equal-steps study behind the optimizer's smoke test (tiny grids)."""
+"""bench.studies.smoke_study: the equal-steps study behind the optimizer's smoke test (tiny
+grids)."""
 
 import json
 import math
 
 import pytest
 
-from bench import smoke_study
+from bench.cli import run
+from bench.studies import smoke_study
 
 
 def tiny(tmp_path, name="study.json", *extra):
@@ -79,7 +81,7 @@ def test_best_skips_diverged_and_markdown_marks_it():
         ("--schedules", "10", "a schedule is T:W"),
         ("--steps", "3,1", "increasing positive steps"),
         ("--curvature-batch", "900", "needs 5700 training images"),
-        ("--threads", "0", "--threads must be >= 1"),
+        ("--threads", "0", "argument --threads: must be >= 1"),
         ("--device", "bogus", "unknown device 'bogus'"),
         ("--steps", "a", "--steps takes comma-separated ints"),
         ("--sgd-lr", "x", "--sgd-lr takes comma-separated floats"),
@@ -88,7 +90,10 @@ def test_best_skips_diverged_and_markdown_marks_it():
 def test_bad_arguments_are_named(tmp_path, capsys, flag, value, message):
     out = tmp_path / "never.json"
     argv = ["--out", str(out), "--sgd-lr", "0.1", "--lr", "", flag, value]
-    with pytest.raises(SystemExit):
-        smoke_study.main(argv)
+    try:
+        status = run(smoke_study.main, argv)
+    except SystemExit as exit:  # argparse's own errors
+        status = exit.code
+    assert status == 2
     assert message in capsys.readouterr().err
     assert not out.exists()

@@ -1,4 +1,4 @@
-"""bench.step_cost: the record and its README block (tiny settings; numbers are not asserted)."""
+"""bench.studies.step_cost: the record and its README block (tiny settings, numbers unchecked)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench import step_cost
+from bench.studies import step_cost
 
 
 def test_measure_records_consistent_ratios_and_the_block_renders(tmp_path):

@@ -1,7 +1,7 @@
 """Speed of the projected-derivative engine against the nested-reverse reference (METHOD.md §2).
 
 Benchmarks (``make bench``; deselected from the fast suite by the ``benchmark`` marker), on the
-three problems of :mod:`bench.derivative_cost` (paper MLP S = 8, LeNet-5 S = 10, deep MLP
+three problems of :mod:`bench.studies.derivative_cost` (paper MLP S = 8, LeNet-5 S = 10, deep MLP
 S = 42; batch 100, one torch thread):
 
 * ``test_variant_speed``: one pytest-benchmark per (problem, variant) — a plain gradient, the
@@ -21,7 +21,7 @@ import math
 import pytest
 import torch
 
-from bench.derivative_cost import (
+from bench.studies.derivative_cost import (
     MODELS,
     REFERENCE_OF,
     check_same_numbers,

@@ -1,6 +1,6 @@
 """Speed of PartitionedNewton against torch.optim.SGD on the paper's MLP and LeNet-5.
 
-The measurement is :func:`bench.step_cost.measure` (see its module for what is timed): one
+The measurement is :func:`bench.studies.step_cost.measure` (see its module for what is timed): one
 PartitionedNewton step amortised over T = 10 steps as a ratio to one SGD step on the same batch,
 next to the engine's cost c in gradient-equivalents. Target: ratio ≤ 1.1 + c / T, recorded as
 ``meets_target`` in ``benchmark.extra_info`` and printed, not asserted (wall-clock on a shared
@@ -14,7 +14,7 @@ import platform
 import pytest
 import torch
 
-from bench.step_cost import PROBLEMS, measure
+from bench.studies.step_cost import PROBLEMS, measure
 
 
 @pytest.mark.benchmark

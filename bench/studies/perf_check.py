@@ -14,27 +14,34 @@ on the paper's MNIST MLP (784-1024-200-100-10, tanh, batch 100), and compares th
 the gate with a readable table. The baseline records the machine it was measured on; on another
 machine the gate widens the tolerance (×2) and says so.
 
-    python -m bench.perf_check                      # compare (make perf-check)
-    python -m bench.perf_check --update-baseline    # refresh the baseline (make perf-baseline)
+The workloads are timed by :func:`bench.studies.timer.interleaved` (two warm-up rounds, then
+every workload once per round, the order reversed every other round; the median over rounds of
+each per-round ratio); the model is :func:`bench.models.mlp_mnist`.
+
+    python -m bench.studies.perf_check                    # compare (make perf-check)
+    python -m bench.studies.perf_check --update-baseline  # refresh it (make perf-baseline)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from bench.cli import ArgumentParser, run
+from bench.errors import UsageError
 from bench.io import write_json_atomic
+from bench.models import mlp_mnist
+from bench.studies.options import positive_float, positive_int, read_result
+from bench.studies.timer import interleaved, round_ratios
+from bench.studies.workloads import derivatives_work, gradient_work, random_batch
 
 BASELINE = Path("results/perf_baseline.json")
 TOLERANCE = 0.30
@@ -60,35 +67,19 @@ def machine() -> dict[str, object]:
     }
 
 
-def _mlp(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    sizes = [784, 1024, 200, 100, 10]
-    layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        linear = nn.Linear(fan_in, fan_out)
-        with torch.no_grad():
-            linear.weight.normal_(0.0, 1.0 / fan_in**0.5)
-            linear.bias.zero_()
-        layers.append(linear)
-        if i < len(sizes) - 2:
-            layers.append(nn.Tanh())
-    return nn.Sequential(*layers)
+def _mlp(seed: int) -> torch.nn.Module:
+    return mlp_mnist(generator=torch.Generator().manual_seed(seed))
 
 
 def _workloads(batch_size: int = 100) -> dict[str, Callable[[], None]]:
     """Zero-argument callables, each one unit of work; built once, timed many times."""
-    from optimizers import projected_derivatives
     from optimizers.derivatives import functional_loss
     from optimizers.partition import per_tensor
     from optimizers.registry import make
 
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, 784, generator=gen)
-    y = torch.randint(0, 10, (batch_size,), generator=gen)
-    x2 = torch.randn(batch_size, 784, generator=gen)
-    y2 = torch.randint(0, 10, (batch_size,), generator=gen)
-    batch, curvature_batch = (x, y), (x2, y2)
-
+    batch = random_batch((784,), batch_size, gen)
+    curvature_batch = random_batch((784,), batch_size, gen)
     sgd = make("sgd", _mlp(1), {"lr": 1e-3})
     ours = make("partitioned_newton", _mlp(1), {"lr": 1e-3})
     kfac = make("kfac", _mlp(1), {"lr": 1e-3})
@@ -109,22 +100,15 @@ def _workloads(batch_size: int = 100) -> dict[str, Callable[[], None]]:
     model = _mlp(2)
     params = {n: p.detach() for n, p in model.named_parameters()}
     direction = {n: torch.randn(p.shape, generator=gen) for n, p in params.items()}
-    groups = per_tensor(model)
-    loss_fn = functional_loss(model, F.cross_entropy, x, y)
-
-    def run_gradient() -> None:
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-
-    def run_derivatives() -> None:
-        projected_derivatives(loss_fn, params, groups, direction, order=3, diagonal=True)
-
+    loss_fn = functional_loss(model, F.cross_entropy, *batch)
     return {
         "sgd_step": run_sgd,
         "partitioned_newton_step": run_ours,
         "kfac_step": run_kfac,
-        "gradient": run_gradient,
-        "derivatives_order3_diag": run_derivatives,
+        "gradient": gradient_work(model, *batch),
+        "derivatives_order3_diag": derivatives_work(
+            loss_fn, params, per_tensor(model), direction, 3, diagonal=True
+        ),
     }
 
 
@@ -137,21 +121,11 @@ RATIOS = {
 
 def measure(rounds: int = 7, warmup: int = 2) -> dict[str, float]:
     """Median over rounds of each ratio; in every round each workload runs once, interleaved."""
-    work = _workloads()
-    for _ in range(warmup):
-        for fn in work.values():
-            fn()
-    per_round: dict[str, list[float]] = {name: [] for name in RATIOS}
-    for r in range(rounds):
-        names = list(work) if r % 2 == 0 else list(reversed(work))  # alternate the order
-        seconds: dict[str, float] = {}
-        for name in names:
-            start = time.perf_counter()
-            work[name]()
-            seconds[name] = time.perf_counter() - start
-        for ratio, (top, bottom) in RATIOS.items():
-            per_round[ratio].append(seconds[top] / seconds[bottom])
-    return {name: statistics.median(values) for name, values in per_round.items()}
+    samples = interleaved(_workloads(), rounds, warmup=warmup)
+    return {
+        name: statistics.median(round_ratios(samples, top, bottom))
+        for name, (top, bottom) in RATIOS.items()
+    }
 
 
 def compare(
@@ -191,17 +165,22 @@ def compare(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, default=BASELINE)
     parser.add_argument("--update-baseline", action="store_true")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE)
+    parser.add_argument("--rounds", type=positive_int, default=7)
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--tolerance", type=positive_float, default=TOLERANCE)
     args = parser.parse_args(argv)
+    baseline = None
+    if not args.update_baseline:
+        if not args.baseline.exists():
+            raise UsageError(f"--baseline {args.baseline}: no baseline; run `make perf-baseline`")
+        baseline = read_result("--baseline", args.baseline)
     torch.set_num_threads(args.threads)
     current = machine()
     measured = measure(rounds=args.rounds)
-    if args.update_baseline:
+    if baseline is None:
         record = {
             "ratios": measured,
             "tolerance": args.tolerance,
@@ -213,12 +192,6 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(args.baseline, record)
         print(json.dumps(record, indent=2))
         return 0
-    if not args.baseline.exists():
-        print(
-            f"perf-check: no baseline at {args.baseline}; run `make perf-baseline`", file=sys.stderr
-        )
-        return 2
-    baseline = json.loads(args.baseline.read_text())
     passed, table = compare(measured, baseline, current)
     print(table)
     print("perf-check: PASSED" if passed else "perf-check: FAILED (ratio regressed)")
@@ -226,4 +199,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run(main))

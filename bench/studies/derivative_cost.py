@@ -8,33 +8,33 @@ written here independently of the engine, with reverse passes w.r.t. the *parame
   order 3 is wanted), rows H̄_st = ⟨h_s, u_t⟩;
 * S triple-backward passes for the order-3 diagonal D^3_sss = ⟨∇⟨h_s, u_s⟩, u_s⟩.
 
-Problems (METHOD.md §7, built inline, paper initialisation, cross-entropy, random inputs, batch
-100): the MNIST MLP 784-1024-200-100-10 tanh (S = 8), LeNet-5 tanh on 3×32×32 (S = 10) and a
-deep MLP 3072-(256×20)-10 ELU (S = 42; the paper's width 1024 reduced for CPU). Partition: one
-subset per parameter tensor.
+Problems (METHOD.md §7, built by :data:`bench.models.STUDY_MODELS`, paper initialisation,
+cross-entropy, random inputs, batch 100): the MNIST MLP 784-1024-200-100-10 tanh (S = 8), LeNet-5
+tanh on 3×32×32 (S = 10) and a deep MLP 3072-(256×20)-10 ELU (S = 42; the paper's width 1024
+reduced for CPU). Partition: one subset per parameter tensor.
 
-Variants, timed in one process, interleaved (round-robin, order reversed every other round,
-median over rounds): one plain gradient (forward + backward, the unit), the reference at order 2
-and at order 3 diagonal, and the engine at order 2, order 3 diagonal and full order 3. A variant
-whose warm-up run is long for the per-variant budget is timed in fewer rounds; one whose
-warm-up alone exceeds the budget (full order 3 at S = 42) keeps it as its single sample. Peak
-memory: the growth of the peak RSS of a fresh subprocess running the variant once, after building
-the problem (high-water marks are per process; read as VmHWM, see :func:`_peak_rss_mb`). Before
-timing, the engine and the reference are checked to agree to 1e-12 (relative) in float64.
+Variants, timed in one process by :func:`bench.studies.timer.interleaved` (round-robin, order
+reversed every other round, median over rounds): one plain gradient (forward + backward, the
+unit), the reference at order 2 and at order 3 diagonal, and the engine at order 2, order 3
+diagonal and full order 3. A variant whose warm-up run is long for the per-variant budget is timed
+in fewer rounds; one whose warm-up alone exceeds the budget (full order 3 at S = 42) keeps it as
+its single sample. Peak memory (:mod:`bench.studies.memory`): the growth of the peak RSS of a
+fresh subprocess running the variant once, after building the problem. Before timing, the engine
+and the reference are checked to agree to 1e-12 (relative) in float64.
 
 Threads: ``--threads`` (default 1). One thread is the reproducible setting: kernels do not
 compete with each other or with other jobs for cores, so ratios are stable on a shared machine.
 
-    python -m bench.derivative_cost --out results/derivative_cost.json [--quick] [--threads N]
+    python -m bench.studies.derivative_cost --out results/derivative_cost.json   # ~7 min
+    python -m bench.studies.derivative_cost --readme results/derivative_cost.json
+
+(``make derivative-cost`` runs the first; the second prints the README block of a stored result;
+``--quick``: 3 rounds, 5 s per variant, no memory measurement.)
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -44,62 +44,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.cli import ArgumentParser, run
 from bench.io import write_json_atomic
+from bench.models import STUDY_MODELS
 from bench.provenance import provenance
+from bench.studies import memory
+from bench.studies.options import command_line, positive_float, positive_int, read_result
+from bench.studies.timer import interleaved
+from bench.studies.workloads import derivatives_work, gradient_work, random_batch
 from optimizers import partition, projected_derivatives
 from optimizers.derivatives import functional_loss
 
+MODELS = STUDY_MODELS  # problem: (builder, input shape)
 BATCH_SIZE = 100
 TOLERANCE = 1e-12  # relative, float64: engine against reference
-
-
-# ------------------------------------------------------------------------------ models
-def _init_paper_(model: nn.Module, sigma_w: float) -> nn.Module:
-    """Weights N(0, 1)·σ_w/√fan_in, biases 0 (METHOD.md §7)."""
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Linear | nn.Conv2d):
-                fan_in = module.weight[0].numel()
-                module.weight.normal_(0.0, sigma_w / fan_in**0.5)
-                if module.bias is not None:
-                    module.bias.zero_()
-    return model
-
-
-def _mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
-
-
-def paper_mlp() -> nn.Module:
-    """MNIST MLP 784-1024-200-100-10, tanh (S = 8)."""
-    return _init_paper_(_mlp([784, 1024, 200, 100, 10], nn.Tanh), 1.0)
-
-
-def lenet5() -> nn.Module:
-    """LeNet-5 on 3×32×32, tanh, max-pool (S = 10)."""
-    model = nn.Sequential(
-        nn.Conv2d(3, 6, 5), nn.Tanh(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(400, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, 10),
-    )  # fmt: skip
-    return _init_paper_(model, 1.0)
-
-
-def deep_mlp(width: int = 256) -> nn.Module:
-    """3072-(width×20)-10, ELU (S = 42); the paper uses width 1024, reduced here for CPU."""
-    return _init_paper_(_mlp([3072] + [width] * 20 + [10], nn.ELU), 2.0**0.5)
-
-
-MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
-    "mnist_mlp": (paper_mlp, (784,)),
-    "cifar10_lenet5": (lenet5, (3, 32, 32)),
-    "cifar10_deepmlp_w256": (deep_mlp, (3072,)),
-}
 
 
 # --------------------------------------------------------------------- the reference
@@ -160,8 +118,8 @@ def _setup(problem: str, batch_size: int, seed: int = 0, dtype: torch.dtype = to
     torch.manual_seed(seed)
     model = build().to(dtype)
     gen = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(batch_size, *shape, generator=gen).to(dtype)
-    y = torch.randint(0, 10, (batch_size,), generator=gen)
+    x, y = random_batch(shape, batch_size, gen)
+    x = x.to(dtype)
     groups = partition.per_tensor(model)
     params = {n: p.detach() for n, p in model.named_parameters()}
     direction = {n: torch.randn(p.shape, generator=gen).to(dtype) for n, p in params.items()}
@@ -173,17 +131,11 @@ def variants(problem: str, batch_size: int = BATCH_SIZE) -> dict[str, Callable[[
     model, x, y, groups, params, direction = _setup(problem, batch_size)
     loss_fn = functional_loss(model, F.cross_entropy, x, y)
 
-    def gradient():
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-
     def engine(order: int, diagonal: bool) -> Callable[[], object]:
-        return lambda: projected_derivatives(
-            loss_fn, params, groups, direction, order, diagonal=diagonal
-        )
+        return derivatives_work(loss_fn, params, groups, direction, order, diagonal=diagonal)
 
     return {
-        "gradient": gradient,
+        "gradient": gradient_work(model, x, y),
         "reference_order2": lambda: nested_reverse_reference(model, x, y, groups, direction, 2),
         "reference_order3_diag": lambda: nested_reverse_reference(model, x, y, groups, direction),
         "engine_order2": engine(2, False),
@@ -192,65 +144,37 @@ def variants(problem: str, batch_size: int = BATCH_SIZE) -> dict[str, Callable[[
     }
 
 
+def variant_work(problem: str, variant: str, batch_size: int = BATCH_SIZE) -> Callable[[], object]:
+    """One variant's callable (the workload :func:`peak_memory_mb` measures in a fresh process)."""
+    return variants(problem, batch_size)[variant]
+
+
 def time_variants(
     work: dict[str, Callable[[], object]], rounds: int, budget_seconds: float
 ) -> dict[str, dict[str, float]]:
-    """Median seconds per variant over interleaved rounds.
+    """Median seconds per variant over interleaved rounds, with a per-variant budget.
 
     Every variant first runs once (warm-up, timed). A variant then takes part in the first
     ``min(rounds, budget_seconds // warm-up time)`` rounds, alternating with the others in each
     round (order reversed every other round); a variant whose warm-up alone exceeds the budget
     (the full order 3 at S = 42) is not rerun: its warm-up time is its single sample.
     """
-    samples: dict[str, list[float]] = {}
-    planned = {}
-    for name, fn in work.items():
-        start = time.perf_counter()
-        fn()
-        seconds = time.perf_counter() - start
-        planned[name] = min(rounds, int(budget_seconds / seconds))
-        samples[name] = [] if planned[name] > 0 else [seconds]
-    for r in range(rounds):
-        names = [n for n in work if planned[n] > r]
-        for name in names if r % 2 == 0 else reversed(names):
-            start = time.perf_counter()
-            work[name]()
-            samples[name].append(time.perf_counter() - start)
+    samples = interleaved(work, rounds, budget=budget_seconds)
     return {
         name: {"seconds": statistics.median(values), "rounds": len(values)}
         for name, values in samples.items()
     }
 
 
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process (MB): VmHWM of /proc/self/status on Linux, else
-    ``ru_maxrss``. On Linux ``ru_maxrss`` survives ``exec`` and so starts at the parent's high
-    water mark in a subprocess of a large process; VmHWM belongs to the new address space."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def peak_memory_mb(problem: str, variant: str, threads: int, batch_size: int = BATCH_SIZE) -> float:
     """Peak-RSS growth (MB) of a fresh process running one variant once after building it."""
-    code = (
-        "import torch;"
-        f"torch.set_num_threads({threads});"
-        "from bench.derivative_cost import _peak_rss_mb, variants;"
-        f"work = variants({problem!r}, {batch_size});"
-        "base = _peak_rss_mb();"
-        f"work[{variant!r}]();"
-        "print(_peak_rss_mb() - base)"
+    return memory.peak_memory_mb(
+        "bench.studies.derivative_cost:variant_work",  # not __name__: "__main__" when run
+        threads=threads,
+        problem=problem,
+        variant=variant,
+        batch_size=batch_size,
     )
-    root = Path(__file__).resolve().parent.parent
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
-    )
-    return float(out.stdout.strip().splitlines()[-1])
 
 
 def check_same_numbers(problem: str, batch_size: int = 8) -> float:
@@ -277,10 +201,10 @@ def markdown_table(rows: list[dict[str, object]]) -> str:
         "|---|---:|---|---:|---:|---:|---|---:|",
     ]
     for r in rows:
-        memory = "–" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
+        peak = "–" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
         lines.append(
             f"| {r['problem']} | {r['subsets']} | {r['variant']} | {1e3 * r['seconds']:.1f} | "
-            f"{r['gradients']:.2f} | {r['vs_reference']:.2f} | {r['reference']} | {memory} |"
+            f"{r['gradients']:.2f} | {r['vs_reference']:.2f} | {r['reference']} | {peak} |"
         )
     return "\n".join(lines)
 
@@ -298,9 +222,11 @@ def readme_block(result: dict[str, object]) -> str:
     return markdown_table(result["rows"]) + "\n\n" + note
 
 
-def run(
-    problems: list[str], rounds: int, threads: int, memory: bool, budget_seconds: float
+def measure(
+    problems: list[str], rounds: int, threads: int, with_memory: bool, budget_seconds: float
 ) -> list[dict[str, object]]:
+    """One row per (problem, variant): median seconds, gradient-equivalents, × its reference,
+    peak memory (``with_memory``) and the float64 agreement of engine and reference."""
     torch.set_num_threads(threads)
     rows = []
     for problem in problems:
@@ -311,6 +237,7 @@ def run(
         for variant, measured in timing.items():
             seconds = measured["seconds"]
             reference = REFERENCE_OF[variant]
+            peak = peak_memory_mb(problem, variant, threads) if with_memory else None
             rows.append(
                 {
                     "problem": problem,
@@ -321,7 +248,7 @@ def run(
                     "gradients": seconds / timing["gradient"]["seconds"],
                     "reference": reference,
                     "vs_reference": seconds / timing[reference]["seconds"],
-                    "peak_memory_mb": peak_memory_mb(problem, variant, threads) if memory else None,
+                    "peak_memory_mb": peak,
                     "max_relative_difference_float64": error,
                 }
             )
@@ -330,11 +257,11 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/derivative_cost.json"))
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--budget", type=float, default=20.0, help="seconds per variant")
+    parser.add_argument("--rounds", type=positive_int, default=7)
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--budget", type=positive_float, default=20.0, help="seconds per variant")
     parser.add_argument("--problems", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument(
         "--quick", action="store_true", help="3 rounds, 5 s per variant, no memory measurement"
@@ -344,13 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.readme is not None:
-        print(readme_block(json.loads(args.readme.read_text())))
+        print(readme_block(read_result("--readme", args.readme)))
         return 0
-    if args.rounds < 1 or args.threads < 1:
-        parser.error(f"--rounds and --threads must be >= 1, got {args.rounds}, {args.threads}")
     rounds, budget = (3, 5.0) if args.quick else (args.rounds, args.budget)
     start = time.perf_counter()
-    rows = run(args.problems, rounds, args.threads, not args.quick, budget)
+    rows = measure(args.problems, rounds, args.threads, not args.quick, budget)
     settings = {"batch_size": BATCH_SIZE, "rounds": rounds, "budget_seconds": budget}
     settings |= {"problems": args.problems, "quick": args.quick}
     result = {
@@ -359,10 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         "provenance": provenance(
             seed=0, device="cpu", threads=args.threads, params=settings, cwd=Path(__file__).parent
         ),
-        "command": "python -m bench.derivative_cost "
-        + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("bench.studies.derivative_cost", argv),
         "wall_seconds": time.perf_counter() - start,
-        "peak_rss_mb_this_process": _peak_rss_mb(),
+        "peak_rss_mb_this_process": memory.high_water_mb(),
     }
     write_json_atomic(args.out, result)
     print(markdown_table(rows))
@@ -371,4 +295,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run(main))

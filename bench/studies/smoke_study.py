@@ -11,16 +11,14 @@ over ``--sgd-lr``; ours over λ1 (``--lr``) × ``--partitions`` × ``--schedules
 recomputation period and the warm-up counted in recomputations). The table gives the mean and the
 range over ``--seeds`` and marks the best configuration of each family at every step count.
 
-    python -m bench.smoke_study --out results/smoke_study.json   # ~8 min on one core
+    python -m bench.studies.smoke_study --out results/smoke_study.json   # ~8 min on one core
 
 A run that leaves the loss non-finite, or above 10x its initial value, is reported as diverged.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,10 +26,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench.cli import ArgumentParser, run
 from bench.data import load_arrays
+from bench.errors import UsageError
 from bench.io import write_json_atomic
 from bench.models import mlp_mnist
 from bench.provenance import provenance
+from bench.studies.options import command_line, device, positive_int
+from bench.studies.workloads import closure
 from optimizers import PartitionedNewton, functional_loss
 from optimizers.partition import PARTITIONS
 
@@ -44,17 +46,7 @@ def _numbers(flag: str, text: str, kind: type) -> list:
     try:
         return [kind(item) for item in text.split(",") if item]
     except ValueError:
-        raise ValueError(f"{flag} takes comma-separated {kind.__name__}s, got {text!r}") from None
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device: unknown device {name!r} (e.g. cpu, cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available on this machine")
-    return device
+        raise UsageError(f"{flag} takes comma-separated {kind.__name__}s, got {text!r}") from None
 
 
 def _schedules(text: str) -> list[tuple[int, int]]:
@@ -62,8 +54,11 @@ def _schedules(text: str) -> list[tuple[int, int]]:
     for item in text.split(","):
         period, sep, warmup = item.partition(":")
         if not sep:
-            raise ValueError(f"a schedule is T:W (e.g. 10:3), got {item!r}")
-        pairs.append((int(period), int(warmup)))
+            raise UsageError(f"--schedules: a schedule is T:W (e.g. 10:3), got {item!r}")
+        try:
+            pairs.append((int(period), int(warmup)))
+        except ValueError:
+            raise UsageError(f"--schedules: T and W are ints, got {item!r}") from None
     return pairs
 
 
@@ -76,7 +71,9 @@ def configurations(
     """The grid: one dict per configuration, ``family`` 'sgd' or 'partitioned_newton'."""
     unknown = [name for name in partitions if name not in PARTITIONS]
     if unknown:
-        raise ValueError(f"unknown partition {unknown[0]!r}; known: {sorted(PARTITIONS)}")
+        raise UsageError(
+            f"--partitions: unknown partition {unknown[0]!r}; known: {sorted(PARTITIONS)}"
+        )
     grid: list[dict[str, Any]] = [{"family": "sgd", "lr": float(value)} for value in sgd_lr]
     for partition in partitions:
         for period, warmup in schedules:
@@ -91,7 +88,7 @@ def configurations(
                     }
                 )
     if not grid:
-        raise ValueError("the grid is empty: give --sgd-lr or --lr")
+        raise UsageError("the grid is empty: give --sgd-lr or --lr")
     return grid
 
 
@@ -104,7 +101,7 @@ def _label(config: dict[str, Any]) -> str:
     )
 
 
-def run(
+def train_run(
     config: dict[str, Any],
     seed: int,
     steps: Sequence[int],
@@ -132,19 +129,12 @@ def run(
     losses, done = [], 0
     for target in steps:
         for t in range(done, target):
-            xb, yb = batches[t % len(batches)]
-
-            def closure(xb=xb, yb=yb):
-                optimizer.zero_grad()
-                loss = F.cross_entropy(model(xb), yb)
-                loss.backward()
-                return loss
-
+            step_closure = closure(model, optimizer, *batches[t % len(batches)])
             if isinstance(optimizer, PartitionedNewton):
                 xc, yc = curvature[t % len(curvature)]
-                optimizer.step(closure, functional_loss(model, F.cross_entropy, xc, yc))
+                optimizer.step(step_closure, functional_loss(model, F.cross_entropy, xc, yc))
             else:
-                optimizer.step(closure)
+                optimizer.step(step_closure)
         done = target
         with torch.no_grad():
             losses.append(F.cross_entropy(model(x[:TRAIN_SIZE]), y[:TRAIN_SIZE]).item())
@@ -186,7 +176,7 @@ def load_data(curvature_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     splits = load_arrays("mnist5k", seed=0)
     need = TRAIN_SIZE + 3 * curvature_batch
     if len(splits.y_train) < need:
-        raise ValueError(
+        raise UsageError(
             f"--curvature-batch {curvature_batch} needs {need} training images, "
             f"mnist5k has {len(splits.y_train)}"
         )
@@ -204,9 +194,11 @@ def study(
 ) -> dict[str, Any]:
     """Every configuration × seed; rows with the per-seed losses, their mean/min/max per step."""
     if not seeds or not steps or list(steps) != sorted(set(steps)) or steps[0] < 1:
-        raise ValueError(f"need seeds and increasing positive steps, got {seeds!r}, {steps!r}")
+        raise UsageError(
+            f"--seeds/--steps: need seeds and increasing positive steps, got {seeds!r}, {steps!r}"
+        )
     if curvature_batch < 1:
-        raise ValueError(f"--curvature-batch must be >= 1, got {curvature_batch}")
+        raise UsageError(f"--curvature-batch must be >= 1, got {curvature_batch}")
     data = load_data(curvature_batch)
     with torch.no_grad():
         torch.manual_seed(seeds[0])
@@ -215,7 +207,7 @@ def study(
     for config in grid:
         recomputations: list[list[dict[str, Any]]] = [[] for _ in seeds]
         per_seed = [
-            run(config, seed, steps, data, curvature_batch, device, recomputations[i])
+            train_run(config, seed, steps, data, curvature_batch, device, recomputations[i])
             for i, seed in enumerate(seeds)
         ]
         diverged = [not math.isfinite(s[-1]) or s[-1] > DIVERGED * initial for s in per_seed]
@@ -284,7 +276,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/smoke_study.json"))
     parser.add_argument("--steps", default="40,80,160")
     parser.add_argument("--seeds", default="0,1")
@@ -292,26 +284,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", default="0.3,0.45,0.6,0.8", help="λ1 values of ours")
     parser.add_argument("--partitions", default="per_tensor,per_module")
     parser.add_argument("--schedules", default="5:1,10:3", help="T:W pairs of ours")
-    parser.add_argument("--curvature-batch", type=int, default=BATCH)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--curvature-batch", type=positive_int, default=BATCH)
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--device", type=device, default="cpu")
     args = parser.parse_args(argv)
-    try:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        device = _device(args.device)
-        grid = configurations(
-            _numbers("--sgd-lr", args.sgd_lr, float),
-            _numbers("--lr", args.lr, float),
-            [p for p in args.partitions.split(",") if p],
-            _schedules(args.schedules),
-        )
-        steps = _numbers("--steps", args.steps, int)
-        seeds = _numbers("--seeds", args.seeds, int)
-        torch.set_num_threads(args.threads)
-        result = study(grid, seeds, steps, args.curvature_batch, device)
-    except ValueError as error:
-        parser.error(str(error))
+    grid = configurations(
+        _numbers("--sgd-lr", args.sgd_lr, float),
+        _numbers("--lr", args.lr, float),
+        [p for p in args.partitions.split(",") if p],
+        _schedules(args.schedules),
+    )
+    steps = _numbers("--steps", args.steps, int)
+    seeds = _numbers("--seeds", args.seeds, int)
+    torch.set_num_threads(args.threads)
+    result = study(grid, seeds, steps, args.curvature_batch, args.device)
     settings = {
         "steps": steps,
         "seeds": seeds,
@@ -319,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "grid": grid,
     }
     result = {
-        "command": "python -m bench.smoke_study " + " ".join(argv or sys.argv[1:]),
+        "command": command_line("bench.studies.smoke_study", argv),
         "settings": settings,
         **result,
         "provenance": provenance(
@@ -332,4 +318,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run(main))

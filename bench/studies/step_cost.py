@@ -11,77 +11,54 @@ Measured in one process, interleaved, on one batch of 100 (float32, CPU, 1 threa
 
 The target of the optimizer issue: nothing but the recomputation costs, i.e.
 amortised / sgd ≤ 1.1 + c / T. Timings are minima over interleaved repetitions (the host is
-shared: the least disturbed repetition), ``c`` the median of its per-repetition ratios.
+shared: the least disturbed repetition), ``c`` the median of its per-repetition ratios. Every
+repetition times the four in the same order (:func:`bench.studies.timer.interleaved` without
+alternation): ours' blocks follow its recomputation period. The models are those of
+:data:`bench.models.STUDY_MODELS`.
 
-    python -m bench.step_cost --out results/step_cost.json     # make step-cost (~1 min)
-    python -m bench.step_cost --readme results/step_cost.json  # the README block
+    python -m bench.studies.step_cost --out results/step_cost.json     # make step-cost (~1 min)
+    python -m bench.studies.step_cost --readme results/step_cost.json  # the README block
 
 ``tests/benchmarks/test_optimizer_speed.py`` runs the same measurement under pytest-benchmark.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from bench.derivative_cost import MODELS
+from bench.cli import ArgumentParser, run
 from bench.io import write_json_atomic
+from bench.models import STUDY_MODELS as MODELS
 from bench.provenance import provenance
-from optimizers import PartitionedNewton, functional_loss, projected_derivatives
+from bench.studies.options import positive_int, read_result
+from bench.studies.timer import Work, interleaved, round_ratios
+from bench.studies.workloads import closure, derivatives_work, gradient_work, random_batch
+from optimizers import PartitionedNewton, functional_loss
 from optimizers.partition import per_tensor
 
 PROBLEMS = ("mnist_mlp", "cifar10_lenet5")
 T = 10
 
 
-def _seconds(run: Callable[[], Any], steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        run()
-    return (time.perf_counter() - start) / steps
-
-
-def measure(
-    problem: str, *, batch_size: int = 100, repeats: int = 8, seed: int = 0, period: int = T
-) -> dict[str, Any]:
-    """The step-cost record of ``problem`` (a key of :data:`bench.derivative_cost.MODELS`)."""
-    if problem not in MODELS:
-        raise ValueError(f"unknown problem {problem!r} (known: {', '.join(MODELS)})")
-    if period < 3 or repeats < 1 or batch_size < 1:
-        raise ValueError(f"need period >= 3, repeats >= 1, batch_size >= 1; got {period}, "
-                         f"{repeats}, {batch_size}")  # fmt: skip
+def _work(problem: str, batch_size: int, seed: int, period: int) -> tuple[dict[str, Work], int]:
+    """The timed units of one problem, warmed up and at a recomputation boundary; and S."""
     build, shape = MODELS[problem]
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    x = torch.randn(batch_size, *shape, generator=generator)
-    y = torch.randint(0, 10, (batch_size,), generator=generator)
-    x2 = torch.randn(batch_size, *shape, generator=generator)
-    y2 = torch.randint(0, 10, (batch_size,), generator=generator)
+    x, y = random_batch(shape, batch_size, generator)
+    x2, y2 = random_batch(shape, batch_size, generator)
     sgd_model, ours_model = build(), build()
     ours_model.load_state_dict(sgd_model.state_dict())
     sgd = torch.optim.SGD(sgd_model.parameters(), lr=1e-3, momentum=0.9)
     ours = PartitionedNewton.from_model(ours_model, lr=1e-3, update_every=period, warmup=0)
     curvature = functional_loss(ours_model, F.cross_entropy, x2, y2)
-
-    def closure_of(model, optimizer):
-        def closure():
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
-
-        return closure
-
-    sgd_closure, ours_closure = closure_of(sgd_model, sgd), closure_of(ours_model, ours)
+    sgd_closure, ours_closure = closure(sgd_model, sgd, x, y), closure(ours_model, ours, x, y)
 
     def sgd_step() -> None:
         sgd.step(sgd_closure)
@@ -92,33 +69,42 @@ def measure(
     params = dict(ours_model.named_parameters())
     groups = per_tensor(ours_model)
     direction = {name: torch.randn_like(p) for name, p in params.items()}
-
-    def derivatives() -> None:
-        projected_derivatives(curvature, params, groups, direction, order=3, diagonal=True)
-
-    def gradient() -> None:
-        ours_model.zero_grad()
-        F.cross_entropy(ours_model(x), y).backward()
-
-    for run in (sgd_step, ours_step, derivatives, gradient):  # warm-up
-        run()
+    derivatives = derivatives_work(curvature, params, groups, direction, 3, diagonal=True)
+    gradient = gradient_work(ours_model, x, y)
+    for warm in (sgd_step, ours_step, derivatives, gradient):  # warm-up
+        warm()
     while not ours.needs_curvature:
         ours_step()
-    samples: dict[str, list[float]] = {"sgd": [], "amortised": [], "plain": [], "c": []}
-    for _ in range(repeats):  # interleaved, so that load on the host hits all alike
-        samples["sgd"].append(_seconds(sgd_step, period))
-        samples["amortised"].append(_seconds(ours_step, period))  # one recomputation inside
-        ours_step()  # the next block's recomputation, then plain steps only
-        samples["plain"].append(_seconds(ours_step, period - 2))
-        ours_step()
-        samples["c"].append(_seconds(derivatives, 3) / _seconds(gradient, 3))
-    best = {key: min(values) for key, values in samples.items() if key != "c"}
-    c = statistics.median(samples["c"])
+    work = {
+        "sgd": Work(sgd_step, period),
+        "amortised": Work(ours_step, period),  # one recomputation inside
+        # the next block's recomputation, then plain steps only, then back to a block boundary
+        "plain": Work(ours_step, period - 2, before=ours_step, after=ours_step),
+        "derivatives": Work(derivatives, 3),
+        "gradient": Work(gradient, 3),
+    }
+    return work, len(groups)
+
+
+def measure(
+    problem: str, *, batch_size: int = 100, repeats: int = 8, seed: int = 0, period: int = T
+) -> dict[str, Any]:
+    """The step-cost record of ``problem`` (a key of :data:`bench.models.STUDY_MODELS`)."""
+    if problem not in MODELS:
+        raise ValueError(f"unknown problem {problem!r} (known: {', '.join(MODELS)})")
+    if period < 3 or repeats < 1 or batch_size < 1:
+        raise ValueError(f"need period >= 3, repeats >= 1, batch_size >= 1; got {period}, "
+                         f"{repeats}, {batch_size}")  # fmt: skip
+    work, subsets = _work(problem, batch_size, seed, period)
+    # interleaved, so that load on the host hits all alike; in order: ours' blocks follow T
+    samples = interleaved(work, repeats, warmup=0, alternate=False)
+    best = {key: min(samples[key]) for key in ("sgd", "amortised", "plain")}
+    c = statistics.median(round_ratios(samples, "derivatives", "gradient"))
     ratio = best["amortised"] / best["sgd"]
     target = 1.1 + c / period
     return {
         "problem": problem,
-        "S": len(groups),
+        "S": subsets,
         "period": period,
         "sgd_step_ms": 1e3 * best["sgd"],
         "amortised_step_ms": 1e3 * best["amortised"],
@@ -166,16 +152,16 @@ def readme_block(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/step_cost.json"))
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(MODELS))
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=positive_int, default=100)
+    parser.add_argument("--repeats", type=positive_int, default=8)
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--readme", type=Path, metavar="JSON", help="print a stored result's block")
     args = parser.parse_args(argv)
     if args.readme is not None:
-        print(readme_block(json.loads(args.readme.read_text())))
+        print(readme_block(read_result("--readme", args.readme)))
         return 0
     torch.set_num_threads(args.threads)
     settings = {"batch_size": args.batch_size, "repeats": args.repeats, "period": T}
@@ -185,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
         rows.append(row)
     result = {
-        "command": "python -m bench.step_cost --out " + str(args.out),
+        "command": f"python -m bench.studies.step_cost --out {args.out}",
         "settings": settings,
         "rows": rows,
         "provenance": provenance(seed=0, device="cpu", threads=args.threads, params=settings),
@@ -196,4 +182,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run(main))
