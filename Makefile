@@ -52,11 +52,11 @@ clean:
 
 ## Cost of the projected derivatives (README table).
 derivative-cost: venv
-	$(PY) -m bench.derivative_cost --out results/derivative_cost.json
+	$(PY) -m bench.studies.derivative_cost --out results/derivative_cost.json
 
 ## Cost of one PartitionedNewton step vs SGD on the paper's MLP and LeNet-5 (README table).
 step-cost: venv
-	$(PY) -m bench.step_cost --out results/step_cost.json
+	$(PY) -m bench.studies.step_cost --out results/step_cost.json
 
 ## Refresh the README's generated tables (headline, derivative cost, step cost) from their result files.
 readme: venv
@@ -64,7 +64,7 @@ readme: venv
 
 ## Performance-regression gate (ratios against results/perf_baseline.json).
 perf-check: venv
-	$(PY) -m bench.perf_check
+	$(PY) -m bench.studies.perf_check
 
 perf-baseline: venv
-	$(PY) -m bench.perf_check --update-baseline
+	$(PY) -m bench.studies.perf_check --update-baseline
