@@ -45,7 +45,9 @@ format: venv
 
 ## The main job.
 repro: venv
+	$(PY) -m bench.lockfile guard
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+	$(PY) -m bench.lockfile save
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks
@@ -60,7 +62,7 @@ step-cost: venv
 
 ## Refresh the README's generated tables (headline, derivative cost, step cost) from their result files.
 readme: venv
-	$(PY) -m bench.readme
+	$(PY) -m bench.reporting.readme
 
 ## Performance-regression gate (ratios against results/perf_baseline.json).
 perf-check: venv

@@ -1,0 +1,130 @@
+"""Keep ``dvc repro`` runnable after a kill: a last good dvc.lock, restored when the current one is
+broken.
+
+DVC rewrites dvc.lock in place after every stage; a ``dvc repro`` killed during that write leaves
+it empty or cut mid-entry, and every later ``dvc repro`` fails on it until it is repaired by hand.
+``make repro`` runs
+
+    python -m bench.lockfile guard     # before dvc repro: a broken dvc.lock is restored
+    dvc repro
+    python -m bench.lockfile save      # after it: this dvc.lock is the last good one
+
+``guard`` checks that dvc.lock is a complete lock file (YAML that parses, schema 2.0, every stage
+entry with its command and every dependency and output with a path and a whole MD5). When it is
+not, it puts back, in this order, the last good copy saved by ``save``
+(``.dvc/tmp/hobench/dvc.lock.good``), the committed one (``git show HEAD:dvc.lock``), or removes
+it (DVC then reruns every stage), and says which. The stages the killed run had finished since
+the last good lock rerun; their outputs were written atomically, so nothing else is lost.
+With plain ``dvc repro``, do the same by hand: ``python -m bench.lockfile guard``, or
+``git checkout dvc.lock``.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.cli import ArgumentParser, run
+from bench.io import write_bytes_atomic
+
+LOCK = Path("dvc.lock")
+GOOD = Path(".dvc/tmp/hobench/dvc.lock.good")
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the lock is ~200 KB
+MD5 = re.compile(r"^[0-9a-f]{32}(\.dir)?$")
+
+
+def problem(text: str) -> str | None:
+    """Why ``text`` is not a usable dvc.lock, or None when it is one.
+
+    DVC writes whole lines and ends the file with a newline, so a file cut by a kill ends
+    mid-line (caught here) or at the end of a line: then every entry that is there is checked
+    whole (a dependency or output with its path, full MD5 and size), and what is missing after
+    it (later stages, the rest of a stage's entry) only makes DVC rerun those stages."""
+    if not text.endswith("\n"):
+        return "empty" if not text else "cut mid-line"
+    try:
+        lock = yaml.load(text, Loader=LOADER)
+    except yaml.YAMLError as error:
+        return f"not valid YAML ({str(error).splitlines()[0]})"
+    if not isinstance(lock, dict) or lock.get("schema") != "2.0":
+        return "no 'schema: 2.0' lock file"
+    stages = lock.get("stages")
+    if not isinstance(stages, dict):
+        return "no stages"
+    for name, entry in stages.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("cmd"), str):
+            return f"stage {name} has no command"
+        for kind in ("deps", "outs"):
+            for item in entry.get(kind) or []:
+                if not _complete(item):
+                    return f"stage {name}: incomplete {kind} entry {item!r}"
+    return None
+
+
+def _complete(item: Any) -> bool:
+    if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+        return False
+    md5, size = item.get("md5"), item.get("size")
+    if not (isinstance(md5, str) and MD5.match(md5) and isinstance(size, int)):
+        return False
+    return not md5.endswith(".dir") or isinstance(item.get("nfiles"), int)
+
+
+def _committed(root: Path) -> str | None:
+    completed = subprocess.run(
+        ["git", "show", f"HEAD:{LOCK}"], cwd=root, capture_output=True, text=True, check=False
+    )
+    return completed.stdout if completed.returncode == 0 else None
+
+
+def guard(root: Path = Path(".")) -> str:
+    """Make ``root/dvc.lock`` complete (see the module docstring); what was done, in words."""
+    lock = root / LOCK
+    if not lock.exists():
+        return "no dvc.lock yet"
+    why = problem(lock.read_text(encoding="utf-8", errors="replace"))
+    if why is None:
+        return "dvc.lock is complete"
+    good = root / GOOD
+    if good.is_file() and problem(good.read_text(encoding="utf-8")) is None:
+        write_bytes_atomic(lock, good.read_bytes())
+        return f"dvc.lock was broken ({why}): restored the last good copy ({GOOD})"
+    committed = _committed(root)
+    if committed is not None and problem(committed) is None:
+        write_bytes_atomic(lock, committed.encode("utf-8"))
+        return f"dvc.lock was broken ({why}): restored the committed one (git HEAD)"
+    lock.unlink()
+    return f"dvc.lock was broken ({why}) and no good copy exists: removed (every stage reruns)"
+
+
+def save(root: Path = Path(".")) -> str:
+    """Keep a copy of a complete ``root/dvc.lock`` as the last good one."""
+    lock = root / LOCK
+    if not lock.is_file() or problem(lock.read_text(encoding="utf-8")) is not None:
+        return "dvc.lock is absent or incomplete: the last good copy is kept"
+    write_bytes_atomic(root / GOOD, lock.read_bytes())
+    return f"saved dvc.lock as the last good copy ({GOOD})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=("guard", "save", "check"))
+    parser.add_argument("--root", type=Path, default=Path("."), help="the project folder")
+    args = parser.parse_args(argv)
+    if args.action == "check":
+        why = problem((args.root / LOCK).read_text()) if (args.root / LOCK).exists() else None
+        print(f"lockfile: {why or 'complete'}")
+        return 1 if why else 0
+    message = guard(args.root) if args.action == "guard" else save(args.root)
+    print(f"lockfile: {message}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))
