@@ -36,7 +36,7 @@ def _repository(tmp_path: Path) -> tuple[Path, dict]:
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, repo / name)
     params = tiny_params(tmp_path)
-    params["train"]["checkpoint_dir"] = ".checkpoints"
+    params["runtime"]["checkpoint_dir"] = ".checkpoints"
     params["optimizers"] = {
         "sgd": {"hyperparameters": {}, "grid": {"lr": [0.05, 0.2]}},
         "partitioned_newton": {"hyperparameters": {}, "grid": {"lr": [0.1]}},
