@@ -20,10 +20,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problem", required=True)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--results", type=Path, default=None, help="default: <project>/results")
     args = parser.parse_args(argv)
     config = load_pipeline_config(args.params)
-    path = invariance_cell(config, args.problem, args.results)
+    results = config.project_path(args.results, "results")
+    path = invariance_cell(config, args.problem, results)
     print(f"written {path}")
     return 0
 

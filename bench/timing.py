@@ -20,10 +20,11 @@ from bench.studies.timing import timing_stage
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--results", type=Path, default=None, help="default: <project>/results")
     args = parser.parse_args(argv)
     config = load_pipeline_config(args.params)
-    out = timing_stage(config, args.results, args.params)
+    results = config.project_path(args.results, "results")
+    out = timing_stage(config, results, args.params)
     print(json.dumps({"written": str(out)}))
     return 0
 

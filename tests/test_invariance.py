@@ -79,4 +79,4 @@ def test_stage_writes_its_record(tmp_path, monkeypatch):
     assert set(record["max_relative_deviation"]) == {"sgd", "partitioned_newton"}
     assert record["steps"] == 8 and record["dtype"] == "float64"
     assert record["expected_invariant"] == ["partitioned_newton"]
-    assert record["provenance"]["git_commit"]
+    assert "git_commit" in record["provenance"]  # None here: tmp_path is not a git checkout

@@ -299,7 +299,7 @@ def invariance_cell(config: Config, problem_name: str, results: Path = Path("res
             device="cpu",
             threads=config.train.threads,
             params={"invariance": dict(config.raw.get("invariance", {}))},
-            cwd=Path(__file__).parent,
+            cwd=config.root,
         ),
     }
     path = layout.invariance_path(config.profile, problem_name, results)

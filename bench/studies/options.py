@@ -86,6 +86,6 @@ def prepared_splits(config: Any, dataset: str, results: str | Path) -> Any:
     path = config.data_path(dataset, results)
     if not path.is_file():
         raise UsageError(
-            f"--results {results}: no prepared data at {path}; run `python -m bench.prepare` first"
+            f"no prepared data at {path} (--results {results}); run `python -m bench.prepare` first"
         )
     return load_splits(path)

@@ -207,7 +207,7 @@ def environment(config: Config) -> dict[str, Any]:
         device="cpu",
         threads=config.train.threads,
         params={"timing": dict(config.raw.get("timing", {}))},
-        cwd=Path(__file__).parent,
+        cwd=config.root,
     )
     record["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return record
