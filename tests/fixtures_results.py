@@ -1,4 +1,4 @@
-"""Synthetic results trees shaped like the "Results layout" of notes/PIPELINE_CONTRACTS.md.
+"""Synthetic results trees shaped like the run record of bench/schema.py, and params files.
 
 ``write_results_tree(root, seed=...)`` writes
 ``root/<profile>/runs/<problem>/<optimizer>/<seed>/{history.csv, metrics.json[, probe.csv]}`` with
@@ -6,7 +6,9 @@ made-up but contract-shaped content: exponentially decaying training losses (one
 optimizer), cumulative wall-clock, test accuracy as a fraction, ``diag/eta/<subset>`` columns for
 our optimizers, diverged runs whose final values are the values at divergence (NaN or inf), and
 ``probe.csv`` for the probed optimizers with a known over/under-step pattern (:data:`PROBE_ETA`).
-The tests read the written files back independently of ``bench.aggregate``.
+The tests read the written files back independently of ``bench.reporting``; the column and key
+names are spelt out here on purpose (an independent statement of the record's format).
+The problems carry registered names, so a params file can name them (``write_params``).
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SUBSETS = ("0.weight", "0.bias", "2.weight", "2.bias")
-# problem → optimizers run on it (toy_lenet lacks cauchy: an "absent optimizer").
+# problem → optimizers run on it (mnist1d_mlp lacks cauchy: an "absent optimizer").
 LAYOUT = {
-    "toy_mlp": ("sgd", "adam", "partitioned_newton", "cauchy"),
-    "toy_lenet": ("sgd", "adam", "partitioned_newton", "partitioned_newton_diag"),
+    "digits_mlp": ("sgd", "adam", "partitioned_newton", "cauchy"),
+    "mnist1d_mlp": ("sgd", "adam", "partitioned_newton", "partitioned_newton_diag"),
 }
 # (problem, optimizer, seed, epoch of divergence, non-finite loss written there)
-DIVERGED = (("toy_mlp", "adam", 1, 2, math.nan), ("toy_lenet", "sgd", 2, 3, math.inf))
+DIVERGED = (("digits_mlp", "adam", 1, 2, math.nan), ("mnist1d_mlp", "sgd", 2, 3, math.inf))
 RATE = {"sgd": 0.3, "adam": 0.5, "partitioned_newton": 0.8, "partitioned_newton_diag": 0.6}
 SECONDS_PER_EPOCH = {"sgd": 1.0, "adam": 1.2, "partitioned_newton": 2.0}
 # Per-subset η*_s of the probe: ≫ 1 under-steps, ≪ 1 or < 0 over-steps, ≈ 1 about right.
@@ -169,3 +174,21 @@ def write_results_tree(
                     probe.to_csv(run_dir / "probe.csv", index=False)
                 written[(problem, optimizer, run_seed)] = metrics
     return written
+
+
+def write_params(
+    path: Path,
+    *,
+    profile: str = "default",
+    train_loss_target: dict[str, float] | None = None,
+    probe_optimizers: tuple[str, ...] | None = None,
+) -> Path:
+    """The repository's params.yaml with these values changed, written to ``path``."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["profile"] = profile
+    if train_loss_target is not None:
+        params["aggregate"]["train_loss_target"] = dict(train_loss_target)
+    if probe_optimizers is not None:
+        params["train"]["probe"]["optimizers"] = list(probe_optimizers)
+    Path(path).write_text(yaml.safe_dump(params, sort_keys=False))
+    return Path(path)

@@ -1,8 +1,8 @@
 """The aggregate stage on synthetic results trees (tests/fixtures_results.py).
 
 Every expected number is recomputed here from the files the fixture wrote (metrics.json,
-history.csv), never through bench.aggregate. The fixture's noise seed is the conftest ``seed``
-(fresh each run; replay a failure with HOBENCH_SEED=<seed>).
+history.csv), never through bench.reporting.summary. The fixture's noise seed is the conftest
+``seed`` (fresh each run; replay a failure with HOBENCH_SEED=<seed>).
 """
 
 from __future__ import annotations
@@ -14,19 +14,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures_results import DIVERGED, LAYOUT, write_results_tree
+from fixtures_results import DIVERGED, LAYOUT, write_params, write_results_tree
 from scipy import stats
 
-from bench import aggregate
+from bench import aggregate, schema
+from bench.cli import run
+from bench.errors import ConfigError, UsageError
+from bench.reporting import summary as aggregation
+from bench.reporting.runs import Run
 
 SEEDS = (0, 1, 2)
+
+
+def _aggregate(results: Path, params: Path | None = None, profile: str = "default") -> int:
+    params = params or write_params(results.parent / "params.yaml")
+    argv = ["--profile", profile, "--results", str(results), "--params", str(params)]
+    return aggregate.main(argv)
 
 
 @pytest.fixture
 def tree(tmp_path: Path, seed: int) -> tuple[Path, dict]:
     results = tmp_path / "results"
     written = write_results_tree(results, seed=seed, seeds=SEEDS)
-    assert aggregate.main(["--profile", "default", "--results", str(results)]) == 0
+    assert _aggregate(results) == 0
     return results, written
 
 
@@ -66,7 +76,7 @@ def test_summary_csv_is_tidy_with_every_metric_of_every_run(tree):
     results, written = tree
     summary = _summary(results)
     assert list(summary.columns) == ["problem", "optimizer", "seed", "metric", "value"]
-    assert len(summary) == len(written) * len(aggregate.RUN_METRICS)
+    assert len(summary) == len(written) * len(aggregation.RUN_METRICS)
     assert not summary.duplicated(["problem", "optimizer", "seed", "metric"]).any()
     for (problem, optimizer, seed), _ in written.items():
         cell = summary[
@@ -74,7 +84,7 @@ def test_summary_csv_is_tidy_with_every_metric_of_every_run(tree):
             & (summary["optimizer"] == optimizer)
             & (summary["seed"] == seed)
         ]
-        assert sorted(cell["metric"]) == sorted(aggregate.RUN_METRICS)
+        assert sorted(cell["metric"]) == sorted(aggregation.RUN_METRICS)
     assert set(summary["problem"]) == set(LAYOUT)
 
 
@@ -82,7 +92,7 @@ def test_per_run_values_are_the_written_ones_and_diverged_runs_are_kept(tree):
     results, written = tree
     summary = _summary(results)
     for (problem, optimizer, seed), metrics in written.items():
-        for key in aggregate.METRICS_FROM_JSON:
+        for key in schema.METRICS_FROM_JSON:
             expected = float(metrics[key])
             got = _value(summary, problem, optimizer, seed, key)
             np.testing.assert_equal(got, expected, err_msg=f"{problem}/{optimizer}/{seed} {key}")
@@ -99,7 +109,7 @@ def test_statistics_and_summary_json_match_an_independent_computation(tree):
         (results / "default" / "summary.json").read_text(),
         parse_constant=lambda name: pytest.fail(f"summary.json contains {name}"),
     )
-    table = aggregate.statistics(_summary(results)).set_index(["problem", "optimizer", "metric"])
+    table = aggregation.statistics(_summary(results)).set_index(["problem", "optimizer", "metric"])
     assert set(headline) == set(LAYOUT)
     for problem, optimizers in LAYOUT.items():
         assert set(headline[problem]) == set(optimizers)
@@ -121,7 +131,7 @@ def test_statistics_and_summary_json_match_an_independent_computation(tree):
                 assert row["n"] == n
                 assert row["ci_low"] == pytest.approx(mean - half, rel=1e-9)
                 assert row["ci_high"] == pytest.approx(mean + half, rel=1e-9)
-    assert set(headline["toy_mlp"]["sgd"]) == {
+    assert set(headline["digits_mlp"]["sgd"]) == {
         "final_train_loss_mean",
         "final_train_loss_std",
         "final_test_accuracy_mean",
@@ -161,36 +171,62 @@ def test_time_to_target_follows_the_documented_rule(tree):
 def test_target_from_params_overrides_the_rule(tmp_path, seed):
     results = tmp_path / "results"
     write_results_tree(results, seed=seed)
-    params = tmp_path / "params.yaml"
-    params.write_text("aggregate:\n  train_loss_target:\n    toy_mlp: 1.5\n")
-    aggregate.main(["--profile", "default", "--results", str(results), "--params", str(params)])
+    params = write_params(tmp_path / "params.yaml", train_loss_target={"digits_mlp": 1.5})
+    assert _aggregate(results, params) == 0
     summary = _summary(results)
-    assert _value(summary, "toy_mlp", "sgd", 0, "train_loss_target") == 1.5
-    assert _value(summary, "toy_mlp", "sgd", 0, "train_loss_target_from_params") == 1.0
-    assert _value(summary, "toy_lenet", "sgd", 0, "train_loss_target_from_params") == 0.0
-    params.write_text("aggregate:\n  train_loss_target:\n    no_such_problem: 1.0\n")
-    with pytest.raises(ValueError, match="no_such_problem"):
-        aggregate.main(["--profile", "default", "--results", str(results), "--params", str(params)])
-    params.write_text("aggregate:\n  train_loss_target:\n    toy_mlp: -1.0\n")
-    with pytest.raises(ValueError, match="-1.0"):
-        aggregate.main(["--profile", "default", "--results", str(results), "--params", str(params)])
-    params.write_text("aggregate:\n  targets: {}\n")
-    with pytest.raises(ValueError, match="targets"):
-        aggregate.main(["--profile", "default", "--results", str(results), "--params", str(params)])
+    assert _value(summary, "digits_mlp", "sgd", 0, "train_loss_target") == 1.5
+    assert _value(summary, "digits_mlp", "sgd", 0, "train_loss_target_from_params") == 1.0
+    assert _value(summary, "mnist1d_mlp", "sgd", 0, "train_loss_target_from_params") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("target", "error", "match"),
+    [
+        ({"mnist5k_mlp": 1.0}, UsageError, "problems without runs: \\['mnist5k_mlp'\\]"),
+        ({"no_such_problem": 1.0}, ConfigError, "train_loss_target.no_such_problem"),
+        ({"digits_mlp": -1.0}, ConfigError, "-1.0"),
+        ({"digits_mlp": "low"}, ConfigError, "low"),
+    ],
+)
+def test_a_bad_target_is_a_user_error_and_writes_nothing(tmp_path, seed, target, error, match):
+    results = tmp_path / "results"
+    write_results_tree(results, seed=seed, seeds=(0,))
+    params = write_params(tmp_path / "params.yaml", train_loss_target=target)
+    with pytest.raises(error, match=match):
+        _aggregate(results, params)
+    assert not (results / "default" / "summary.csv").exists()
+    assert not (results / "default" / "summary.json").exists()
+
+
+def test_the_stage_reads_the_whole_params_file(tmp_path, seed, capsys):
+    results = tmp_path / "results"
+    write_results_tree(results, seed=seed, seeds=(0,))
+    params = write_params(tmp_path / "params.yaml")
+    params.write_text(params.read_text() + "aggregate_typo: 1\n")  # a section no stage knows
+    assert run(aggregate.main, ["--results", str(results), "--params", str(params)]) == 2
+    assert "aggregate_typo" in capsys.readouterr().err
+    other = write_params(tmp_path / "paper.yaml", profile="paper")
+    assert run(aggregate.main, ["--profile", "default", "--params", str(other)]) == 2
+    assert "--profile 'default' differs from profile 'paper'" in capsys.readouterr().err
+    assert not (results / "default" / "summary.csv").exists()
+    # without --profile, params' profile; without --results, the params file's folder's results/
+    params = write_params(tmp_path / "params.yaml")
+    assert aggregate.main(["--params", str(params)]) == 0
+    assert (results / "default" / "summary.csv").is_file()
 
 
 def test_a_single_seed_has_an_undefined_interval_and_null_std(tmp_path, seed):
     results = tmp_path / "results"
     write_results_tree(results, seed=seed, seeds=(0,), diverged=())
-    aggregate.main(["--profile", "default", "--results", str(results)])
-    table = aggregate.statistics(_summary(results))
+    assert _aggregate(results) == 0
+    table = aggregation.statistics(_summary(results))
     loss = table[table["metric"] == "final_train_loss"]
     assert (loss["n"] == 1).all()
     assert loss[["std", "ci_low", "ci_high"]].isna().all().all()
     assert loss["mean"].notna().all()
     headline = json.loads((results / "default" / "summary.json").read_text())
-    assert headline["toy_mlp"]["adam"]["final_train_loss_std"] is None
-    assert isinstance(headline["toy_mlp"]["adam"]["final_train_loss_mean"], float)
+    assert headline["digits_mlp"]["adam"]["final_train_loss_std"] is None
+    assert isinstance(headline["digits_mlp"]["adam"]["final_train_loss_mean"], float)
 
 
 def test_outputs_are_written_without_leftover_temporary_files(tree):
@@ -200,33 +236,39 @@ def test_outputs_are_written_without_leftover_temporary_files(tree):
 
 
 @pytest.mark.parametrize("damage", ["percent_accuracy", "wrong_seed", "no_history", "no_runs"])
-def test_bad_results_trees_raise_naming_the_problem(tmp_path, seed, damage):
+def test_bad_results_trees_are_user_errors_naming_the_problem(tmp_path, seed, damage, capsys):
     results = tmp_path / "results"
     write_results_tree(results, seed=seed, seeds=(0,))
-    run = results / "default" / "runs" / "toy_mlp" / "sgd" / "0"
-    metrics = json.loads((run / "metrics.json").read_text())
+    run_dir = results / "default" / "runs" / "digits_mlp" / "sgd" / "0"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     if damage == "percent_accuracy":
         metrics["final_test_accuracy"] = 97.5
-        (run / "metrics.json").write_text(json.dumps(metrics))
-        error, match = ValueError, "97.5"
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        match = "97.5"
     elif damage == "wrong_seed":
         metrics["seed"] = 7
-        (run / "metrics.json").write_text(json.dumps(metrics))
-        error, match = ValueError, "seed"
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        match = "seed"
     elif damage == "no_history":
-        (run / "history.csv").unlink()
-        error, match = FileNotFoundError, "history.csv"
+        (run_dir / "history.csv").unlink()
+        match = "history.csv"
     else:
-        error, match = FileNotFoundError, "paper"
+        match = "paper"
     profile = "paper" if damage == "no_runs" else "default"
-    with pytest.raises(error, match=match):
-        aggregate.main(["--profile", profile, "--results", str(results)])
+    params = write_params(tmp_path / "params.yaml", profile=profile)
+    with pytest.raises(UsageError, match=match):
+        _aggregate(results, params, profile)
+    argv = ["--results", str(results), "--params", str(params)]
+    assert run(aggregate.main, argv) == 2
+    err = capsys.readouterr().err
+    assert ": error: " in err and match in err and "Traceback" not in err
+    assert sorted(p.name for p in (results / "default").iterdir()) == ["runs"]
 
 
 def _run(optimizer: str, losses: list[float], seed: int = 0, diverged: bool = False):
     history = pd.DataFrame({"epoch": range(len(losses)), "train_loss": losses})
     metrics = {"final_train_loss": losses[-1], "diverged": diverged}
-    return aggregate.Run("p_mlp", optimizer, seed, Path("."), metrics, history)
+    return Run("p_mlp", optimizer, seed, Path("."), metrics, history)
 
 
 def test_an_optimizer_that_never_lowers_the_loss_does_not_set_the_target():
@@ -236,8 +278,8 @@ def test_an_optimizer_that_never_lowers_the_loss_does_not_set_the_target():
     slow = [start, start * 0.6, start * 0.4]
     stuck = [start, start, start * 1.01]  # a run that never moved (or went up)
     runs = [_run("fast", fast), _run("slow", slow), _run("stuck", stuck)]
-    (target, from_params) = aggregate.train_loss_targets(runs)["p_mlp"]
+    (target, from_params) = aggregation.train_loss_targets(runs)["p_mlp"]
     assert target == pytest.approx(slow[-1]) and not from_params
-    assert [aggregate.loss_decreased(r.history) for r in runs] == [True, True, False]
-    assert not aggregate.loss_decreased(pd.DataFrame({"train_loss": [2.0, float("nan")]}))
-    assert not aggregate.loss_decreased(pd.DataFrame({"train_loss": [2.0]}))
+    assert [aggregation.loss_decreased(r.history) for r in runs] == [True, True, False]
+    assert not aggregation.loss_decreased(pd.DataFrame({"train_loss": [2.0, float("nan")]}))
+    assert not aggregation.loss_decreased(pd.DataFrame({"train_loss": [2.0]}))

@@ -18,9 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures_results import LAYOUT, PROBE_EXPECTED_PATTERN, write_results_tree
+from fixtures_results import LAYOUT, PROBE_EXPECTED_PATTERN, write_params, write_results_tree
 
-from bench import aggregate, figures, report
+from bench import aggregate, report
+from bench.cli import run
+from bench.errors import UsageError
+from bench.reporting import figures, tables
+from bench.reporting import report as reporting
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -33,11 +37,13 @@ def _seed() -> int:
     return value
 
 
-def _build(root: Path, **tree) -> tuple[Path, Path, dict]:
+def _build(root: Path, params_probe=None, **tree) -> tuple[Path, Path, dict]:
     results, reports = root / "results", root / "reports"
     written = write_results_tree(results, seed=_seed(), **tree)
-    aggregate.main(["--profile", "default", "--results", str(results)])
-    report.main(["--profile", "default", "--results", str(results), "--reports", str(reports)])
+    params = write_params(root / "params.yaml", probe_optimizers=params_probe)
+    options = ["--profile", "default", "--params", str(params), "--results", str(results)]
+    assert aggregate.main(options) == 0
+    assert report.main([*options, "--reports", str(reports)]) == 0
     return results, reports / "default", written
 
 
@@ -84,7 +90,7 @@ def _parse_mean_std(cell: str) -> tuple[float, float]:
 def test_headline_table_is_the_generated_file_and_has_the_right_numbers(built):
     results, out, written = built
     summary = pd.read_csv(results / "default" / "summary.csv")
-    table = report.headline_table(summary)
+    table = tables.headline_table(summary)
     assert (out / "headline.md").read_text() == table
     rows = [line.split(" | ") for line in table.strip().splitlines()[2:]]
     assert len(rows) == len({(p, o) for p, o, _ in written})
@@ -106,14 +112,14 @@ def test_headline_table_is_the_generated_file_and_has_the_right_numbers(built):
 
 def test_readme_headline_markers_are_parsed():
     table = "| a | b |\n|---|---|\n| 1 | 2 |\n"
-    readme = f"intro\n{report.HEADLINE_START}\n{table}{report.HEADLINE_END}\nmore\n"
-    assert report.readme_headline(readme) == table
-    assert report.readme_headline("no markers here") is None
+    readme = f"intro\n{tables.HEADLINE_START}\n{table}{tables.HEADLINE_END}\nmore\n"
+    assert tables.readme_headline(readme) == table
+    assert tables.readme_headline("no markers here") is None
 
 
 def test_readme_headline_equals_the_generated_file():
     readme = (ROOT / "README.md").read_text()
-    block = report.readme_headline(readme)
+    block = tables.readme_headline(readme)
     generated = ROOT / "reports" / "default" / "headline.md"
     assert block is not None, "README.md lacks the <!-- headline:start/end --> markers"
     assert generated.is_file(), f"{generated} is missing: the default report is committed"
@@ -144,10 +150,10 @@ def test_probe_sentence_names_the_over_and_under_stepped_subsets(built):
 
 
 def test_missing_pieces_are_reported_as_absent(tmp_path):
-    layout = {"toy_mlp": ("sgd", "adam", "partitioned_newton"), "toy_lenet": ("sgd", "adam")}
+    layout = {"digits_mlp": ("sgd", "adam", "partitioned_newton"), "mnist1d_mlp": ("sgd", "adam")}
     _, out, _ = _build(tmp_path, layout=layout, diverged=(), probe_optimizers=())
     markdown = (out / "report.md").read_text()
-    lenet = markdown.split("## Problem `toy_lenet`", 1)[1].split("## Problem", 1)[0]
+    lenet = markdown.split("## Problem `mnist1d_mlp`", 1)[1].split("## Problem", 1)[0]
     assert "Absent on this problem: partitioned_newton." in lenet
     assert "Absent: no run on this problem has `diag/eta/<subset>` history columns." in lenet
     assert "Absent: none of the ablation variants was run on this problem." in lenet
@@ -156,42 +162,72 @@ def test_missing_pieces_are_reported_as_absent(tmp_path):
         markdown
     )
     assert (
-        not (out / "figures" / "eta_toy_lenet.png").exists()
-        and (out / "figures" / "eta_toy_mlp.png").exists()
+        not (out / "figures" / "eta_mnist1d_mlp.png").exists()
+        and (out / "figures" / "eta_digits_mlp.png").exists()
     )
 
 
 def test_all_seeds_diverged_is_shown_as_diverged(tmp_path):
-    diverged = tuple(("toy_mlp", "adam", seed, 1, float("nan")) for seed in (0, 1))
-    layout = {"toy_mlp": ("sgd", "adam")}
+    diverged = tuple(("digits_mlp", "adam", seed, 1, float("nan")) for seed in (0, 1))
+    layout = {"digits_mlp": ("sgd", "adam")}
     results, out, _ = _build(tmp_path, layout=layout, seeds=(0, 1), diverged=diverged)
     headline = (out / "headline.md").read_text()
-    assert "| toy_mlp | adam | 2 | diverged (2/2) | diverged (2/2) |" in headline
+    assert "| digits_mlp | adam | 2 | diverged (2/2) | diverged (2/2) |" in headline
     summary = json.loads((results / "default" / "summary.json").read_text())
-    assert summary["toy_mlp"]["adam"]["final_train_loss_mean"] is None
-    assert summary["toy_mlp"]["adam"]["diverged_runs"] == 2
+    assert summary["digits_mlp"]["adam"]["final_train_loss_mean"] is None
+    assert summary["digits_mlp"]["adam"]["diverged_runs"] == 2
+
+
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 def test_a_failing_report_leaves_the_previous_one_intact(tmp_path, monkeypatch):
-    results, out, _ = _build(tmp_path, layout={"toy_mlp": LAYOUT["toy_mlp"]})
-    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    results, out, _ = _build(tmp_path, layout={"digits_mlp": LAYOUT["digits_mlp"]})
+    before = _files(out)
 
     def broken(*args, **kwargs):
         raise RuntimeError("figure failed")
 
     monkeypatch.setattr(figures, "probe", broken)
+    argv = ["--params", str(tmp_path / "params.yaml"), "--results", str(results)]
     with pytest.raises(RuntimeError, match="figure failed"):
-        report.main(
-            ["--profile", "default", "--results", str(results), "--reports", str(out.parent)]
-        )
-    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+        report.main([*argv, "--reports", str(out.parent)])
+    assert _files(out) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["default"]  # no staging left
 
 
 def test_report_without_summary_asks_for_the_aggregate_stage(tmp_path):
     write_results_tree(tmp_path / "results", seed=_seed(), seeds=(0,))
-    with pytest.raises(FileNotFoundError, match="bench.aggregate"):
-        report.write_report(tmp_path / "results", tmp_path / "reports", "default")
+    with pytest.raises(UsageError, match="bench.aggregate"):
+        reporting.write_report(tmp_path / "results", tmp_path / "reports", "default", ())
+    assert not (tmp_path / "reports").exists()
+
+
+def test_user_errors_exit_2_and_leave_the_report_as_it_was(tmp_path, capsys):
+    results, out, _ = _build(tmp_path, layout={"digits_mlp": ("sgd", "adam")})
+    before = _files(out)
+    params = tmp_path / "params.yaml"
+    argv = ["--params", str(params), "--results", str(results), "--reports", str(out.parent)]
+    assert run(report.main, ["--profile", "paper", *argv]) == 2  # not params' profile
+    assert "--profile 'paper' differs from profile 'default'" in capsys.readouterr().err
+    write_results_tree(results, seed=_seed(), layout={"digits_mlp": ("sgd",)}, seeds=(7,))
+    assert run(report.main, argv) == 2  # a run the summary does not list
+    assert "does not list the runs on disk" in capsys.readouterr().err
+    (results / "default" / "summary.csv").unlink()
+    assert run(report.main, argv) == 2
+    err = capsys.readouterr().err
+    assert "summary.csv is missing" in err and "Traceback" not in err
+    assert _files(out) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["default"]
+
+
+def test_probe_sentences_follow_params_probe_optimizers(tmp_path):
+    _, out, _ = _build(tmp_path, params_probe=("adam",), layout={"digits_mlp": ("sgd", "adam")})
+    markdown = (out / "report.md").read_text()
+    assert "**adam**: absent (no probe.csv in its runs)." in markdown
+    assert "Along **sgd**" in markdown  # it has probe data, listed whatever params say
+    assert "kfac" not in markdown
 
 
 # ----------------------------------------------------------------------------- browser
@@ -299,15 +335,15 @@ def test_headline_marks_cells_that_did_not_train_and_says_why():
             ("p", "boom"): [(1, 0, None), (1, 0, None)],  # diverged, reported as such
         }
     )
-    assert report.stalled_cells(summary) == {("p", "newton2"), ("p", "stuck")}
-    table = report.headline_table(summary)
+    assert tables.stalled_cells(summary) == {("p", "newton2"), ("p", "stuck")}
+    table = tables.headline_table(summary)
     assert "| p | newton2 (did not train) |" in table and "| p | stuck (did not train) |" in table
     assert "| p | half |" in table and "| p | boom |" in table and "| p | sgd |" in table
     note = table.strip().splitlines()[-1]
     assert note.startswith("(did not train)") and "For newton2, no curvature" in note
     assert "stuck" not in note
     clean = _summary({("p", "sgd"): [(0, 1, None), (0, 1, None)]})
-    assert "did not train" not in report.headline_table(clean)
+    assert "did not train" not in tables.headline_table(clean)
 
 
 def test_provenance_summarises_per_cell_params_hashes(built):

@@ -1,8 +1,8 @@
 """Figures of the report (matplotlib Agg through the object API, seaborn palette and style)
 and the sentence that reads the probe figure.
 
-Every figure function takes the runs of one problem (:class:`bench.aggregate.Run`), writes one PNG
-and returns its path, or ``None`` when the data it needs is absent (the report says so).
+Every figure function takes the runs of one problem (:class:`bench.reporting.runs.Run`), writes
+one PNG and returns its path, or ``None`` when the data it needs is absent (the report says so).
 
 Probe (METHOD.md §3): η*_s = (H̄⁻¹ḡ)_s computed along another optimizer's step u, so η*_s = 1 means
 the step taken was the quadratic model's best for subset s. :func:`probe_sentence` classifies each
@@ -17,9 +17,10 @@ where it diverged), never averaged in and never dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -34,11 +35,20 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.aggregate import Run  # noqa: E402
+from bench import schema  # noqa: E402
+from bench.reporting.runs import (  # noqa: E402
+    PROBE_ETA,
+    PROBE_STATUS,
+    PROBE_STEP,
+    PROBE_SUBSET,
+    TEST_ACCURACY,
+    Run,
+)
 from optimizers.subspace import OK_STATUSES  # noqa: E402
 
 ABLATION = ("partitioned_newton", "partitioned_newton_diag", "partitioned_newton_order2", "cauchy")
-ETA_PREFIX = "diag/eta/"
+ETA_PREFIX = schema.ETA_PREFIX  # history columns diag/eta/<subset>
+EPOCH, WALL_CLOCK, TRAIN_LOSS = schema.EPOCH, schema.WALL_CLOCK, schema.TRAIN_LOSS
 UNDER_STEP, OVER_STEP = 2.0, 0.5  # median η*_s above: under-steps; below (or < 0): over-steps
 DPI = 90
 
@@ -55,10 +65,10 @@ def colors(optimizers: Sequence[str]) -> dict[str, tuple[float, float, float]]:
     return dict(zip(names, palette, strict=True))
 
 
-def _save(figure: Figure, path: Path) -> Path:
-    for axes in figure.axes:
-        if axes.get_xlabel() in ("epoch", "step"):
-            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+def _save(figure: Figure, path: Path, integer_x: Iterable[Axes]) -> Path:
+    """Integer ticks on the ``integer_x`` axes (epochs, steps), tight layout, palette PNG."""
+    for axes in integer_x:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     return save_png(figure, path, DPI)
 
@@ -106,7 +116,7 @@ def _draw_runs(
             frames.append(
                 pd.DataFrame(
                     {
-                        "epoch": run.history["epoch"].to_numpy(),
+                        "epoch": run.history[EPOCH].to_numpy(),
                         "x": run.history[x].to_numpy(dtype=np.float64),
                         "y": _positive(values) if log else values.to_numpy(dtype=np.float64),
                     }
@@ -143,37 +153,63 @@ def training_loss(runs: Sequence[Run], path: Path, palette: dict) -> Path | None
         figure = Figure(figsize=(11, 4.2))
         by_epoch, by_time = figure.subplots(1, 2)
     for optimizer, cell in _by_optimizer(runs).items():
-        for axes, x in ((by_epoch, "epoch"), (by_time, "wall_clock")):
-            _draw_runs(axes, cell, "train_loss", x, palette[optimizer], optimizer, log=True)
+        for axes, x in ((by_epoch, EPOCH), (by_time, WALL_CLOCK)):
+            _draw_runs(axes, cell, TRAIN_LOSS, x, palette[optimizer], optimizer, log=True)
     for axes, xlabel in ((by_epoch, "epoch"), (by_time, "wall-clock (s, optimisation only)")):
         axes.set_yscale("log")
         axes.set_xlabel(xlabel)
         axes.set_ylabel("training loss (whole training split)")
     by_epoch.legend(fontsize=8)
     figure.suptitle(f"{runs[0].problem}: training loss (mean, min–max over seeds)")
-    return _save(figure, path)
+    return _save(figure, path, [by_epoch])
+
+
+def _epoch_figure(
+    cells: dict[str, list[Run]], column: str, palette: dict, *, log: bool, ylabel: str, title: str,
+    path: Path,
+) -> Path:  # fmt: skip
+    """One panel: ``column`` vs epoch, one line (and band) per optimizer of ``cells``."""
+    with sns.axes_style("whitegrid"):
+        figure = Figure(figsize=(7, 4.2))
+        axes = figure.subplots()
+    for optimizer, cell in cells.items():
+        _draw_runs(axes, cell, column, EPOCH, palette[optimizer], optimizer, log=log)
+    if log:
+        axes.set_yscale("log")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(ylabel)
+    axes.legend(fontsize=8)
+    axes.set_title(title)
+    return _save(figure, path, [axes])
 
 
 def test_accuracy(runs: Sequence[Run], path: Path, palette: dict) -> Path | None:
     """Test accuracy (%) vs epoch, one line per optimizer."""
     if not runs:
         return None
-    with sns.axes_style("whitegrid"):
-        figure = Figure(figsize=(7, 4.2))
-        axes = figure.subplots()
-    for optimizer, cell in _by_optimizer(runs).items():
-        scaled = [_scaled_accuracy(run) for run in cell]
-        _draw_runs(axes, scaled, "test_accuracy", "epoch", palette[optimizer], optimizer, log=False)
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("test accuracy (%)")
-    axes.legend(fontsize=8)
-    axes.set_title(f"{runs[0].problem}: test accuracy (mean, min–max over seeds)")
-    return _save(figure, path)
+    cells = {o: [_scaled_accuracy(r) for r in c] for o, c in _by_optimizer(runs).items()}
+    title = f"{runs[0].problem}: test accuracy (mean, min–max over seeds)"
+    return _epoch_figure(
+        cells, TEST_ACCURACY, palette, log=False, ylabel="test accuracy (%)", title=title, path=path
+    )
 
 
 def _scaled_accuracy(run: Run) -> Run:
-    history = run.history.assign(test_accuracy=100.0 * run.history["test_accuracy"])
-    return Run(run.problem, run.optimizer, run.seed, run.path, run.metrics, history, run.probe)
+    history = run.history.assign(**{TEST_ACCURACY: 100.0 * run.history[TEST_ACCURACY]})
+    return dataclasses.replace(run, history=history)
+
+
+def _cells_where(runs: Sequence[Run], has: Callable[[Run], bool]) -> dict[str, list[Run]]:
+    """The runs by optimizer, keeping the optimizers with at least one run that ``has`` it."""
+    return {o: cell for o, cell in _by_optimizer(runs).items() if any(has(r) for r in cell)}
+
+
+def _panels(count: int) -> tuple[Figure, np.ndarray]:
+    """A whitegrid figure of ``count`` panels side by side, one per optimizer."""
+    with sns.axes_style("whitegrid"):
+        figure = Figure(figsize=(5.5 * count, 4.2))
+        panels = np.atleast_1d(figure.subplots(1, count))
+    return figure, panels
 
 
 def eta_columns(run: Run) -> list[str]:
@@ -183,17 +219,15 @@ def eta_columns(run: Run) -> list[str]:
 def learning_rates(runs: Sequence[Run], path: Path) -> Path | None:
     """η_s per subset over epochs (mean over the non-diverged seeds), one panel per optimizer
     that writes ``diag/eta/<subset>`` columns; None when no run has them."""
-    cells = {o: c for o, c in _by_optimizer(runs).items() if any(eta_columns(r) for r in c)}
+    cells = _cells_where(runs, lambda run: bool(eta_columns(run)))
     if not cells:
         return None
-    with sns.axes_style("whitegrid"):
-        figure = Figure(figsize=(5.5 * len(cells), 4.2))
-        panels = np.atleast_1d(figure.subplots(1, len(cells)))
+    figure, panels = _panels(len(cells))
     for axes, (optimizer, cell) in zip(panels, cells.items(), strict=True):
         kept = [run for run in cell if not run.diverged] or list(cell)
         columns = sorted({c for run in kept for c in eta_columns(run)})
-        frame = pd.concat([run.history[["epoch", *eta_columns(run)]] for run in kept])
-        mean = frame.groupby("epoch")[columns].mean()
+        frame = pd.concat([run.history[[EPOCH, *eta_columns(run)]] for run in kept])
+        mean = frame.groupby(EPOCH)[columns].mean()
         palette = sns.color_palette("viridis", len(columns))
         for color, column in zip(palette, columns, strict=True):
             axes.plot(mean.index, mean[column], color=color, label=column[len(ETA_PREFIX) :])
@@ -205,7 +239,7 @@ def learning_rates(runs: Sequence[Run], path: Path) -> Path | None:
         axes.set_title(optimizer, fontsize=10)
         axes.legend(fontsize=7, ncol=2 if len(columns) > 6 else 1)
     figure.suptitle(f"{runs[0].problem}: per-subset learning rates η_s (mean over seeds)")
-    return _save(figure, path)
+    return _save(figure, path, panels)
 
 
 def ablation(runs: Sequence[Run], path: Path, palette: dict) -> Path | None:
@@ -213,44 +247,36 @@ def ablation(runs: Sequence[Run], path: Path, palette: dict) -> Path | None:
     variants = [run for run in runs if run.optimizer in ABLATION]
     if not variants:
         return None
-    with sns.axes_style("whitegrid"):
-        figure = Figure(figsize=(7, 4.2))
-        axes = figure.subplots()
-    for optimizer, cell in _by_optimizer(variants).items():
-        _draw_runs(axes, cell, "train_loss", "epoch", palette[optimizer], optimizer, log=True)
-    axes.set_yscale("log")
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("training loss")
-    axes.legend(fontsize=8)
-    axes.set_title(f"{runs[0].problem}: ablations (training loss)")
-    return _save(figure, path)
+    title = f"{runs[0].problem}: ablations (training loss)"
+    return _epoch_figure(
+        _by_optimizer(variants), TRAIN_LOSS, palette, log=True, ylabel="training loss",
+        title=title, path=path,
+    )  # fmt: skip
 
 
 def usable_probe(probe: pd.DataFrame) -> pd.DataFrame:
     """Rows of probe.csv whose solver status is a usable step (``optimizers.subspace.OK_STATUSES``,
     e.g. ``newton``; all rows when there is no status column) and a finite η*."""
     usable = {status.value for status in OK_STATUSES}
-    ok = probe["status"].astype(str).isin(usable) if "status" in probe.columns else True
-    values = pd.to_numeric(probe["eta"], errors="coerce")
+    ok = probe[PROBE_STATUS].astype(str).isin(usable) if PROBE_STATUS in probe.columns else True
+    values = pd.to_numeric(probe[PROBE_ETA], errors="coerce")
     return probe.loc[ok & np.isfinite(values.to_numpy(dtype=np.float64))]
 
 
 def probe(runs: Sequence[Run], path: Path) -> Path | None:
     """η*_s per subset over steps (median over seeds), one panel per probed optimizer."""
-    cells = {o: c for o, c in _by_optimizer(runs).items() if any(r.probe is not None for r in c)}
+    cells = _cells_where(runs, lambda run: run.probe is not None)
     if not cells:
         return None
-    with sns.axes_style("whitegrid"):
-        figure = Figure(figsize=(5.5 * len(cells), 4.2))
-        panels = np.atleast_1d(figure.subplots(1, len(cells)))
+    figure, panels = _panels(len(cells))
     for axes, (optimizer, cell) in zip(panels, cells.items(), strict=True):
         frames = [usable_probe(run.probe) for run in cell if run.probe is not None]
         frame = pd.concat(frames)
-        subsets = sorted(frame["subset"].astype(str).unique())
+        subsets = sorted(frame[PROBE_SUBSET].astype(str).unique())
         palette = sns.color_palette("viridis", max(len(subsets), 1))
         for color, subset in zip(palette, subsets, strict=False):
-            rows = frame[frame["subset"].astype(str) == subset]
-            median = rows.groupby("step")["eta"].median()
+            rows = frame[frame[PROBE_SUBSET].astype(str) == subset]
+            median = rows.groupby(PROBE_STEP)[PROBE_ETA].median()
             axes.plot(median.index, median.to_numpy(), color=color, label=subset, marker=".")
         axes.axhline(1.0, color="black", linewidth=1, linestyle="--")
         axes.axhline(0.0, color="grey", linewidth=0.8)
@@ -261,7 +287,7 @@ def probe(runs: Sequence[Run], path: Path) -> Path | None:
         if subsets:
             axes.legend(fontsize=7)
     figure.suptitle(f"{runs[0].problem}: learning-rate probe η* = H̄⁻¹ḡ (median over seeds)")
-    return _save(figure, path)
+    return _save(figure, path, panels)
 
 
 def probe_sentence(optimizer: str, runs: Sequence[Run]) -> str:
@@ -276,7 +302,7 @@ def probe_sentence(optimizer: str, runs: Sequence[Run]) -> str:
     skipped = len(frame) - len(usable)
     if usable.empty:
         return f"**{optimizer}**: no usable probe row ({skipped} rows not 'ok' or non-finite η*)."
-    medians = usable.groupby(usable["subset"].astype(str))["eta"].median().sort_index()
+    medians = usable.groupby(usable[PROBE_SUBSET].astype(str))[PROBE_ETA].median().sort_index()
     under = [f"{s} ({m:.3g})" for s, m in medians.items() if m > UNDER_STEP]
     over = [f"{s} ({m:.3g})" for s, m in medians.items() if m < OVER_STEP]
     right = [s for s, m in medians.items() if OVER_STEP <= m <= UNDER_STEP]

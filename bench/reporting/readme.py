@@ -11,67 +11,74 @@ The README carries three tables that are generated, never typed:
 
 Stages write only their own outputs, so the README is refreshed by this separate command
 (``make readme``); ``--check`` exits with status 1 when a block is out of date, and the test
-suite fails on the same condition.
+suite fails on the same condition. A missing source file or marker is a usage error (status 2,
+nothing written).
 
-    python -m bench.readme            # rewrite the blocks in place (atomically)
-    python -m bench.readme --check    # verify only
+    python -m bench.reporting.readme            # rewrite the blocks in place (atomically)
+    python -m bench.reporting.readme --check    # verify only
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from bench import step_cost
-from bench.derivative_cost import readme_block
+from bench import layout
+from bench.cli import ArgumentParser, run
+from bench.errors import UsageError
 from bench.io import write_bytes_atomic
-from bench.report import HEADLINE_END, HEADLINE_START
+from bench.reporting.tables import HEADLINE_END, HEADLINE_MD, HEADLINE_START
+from bench.studies import derivative_cost, step_cost
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COST_START, COST_END = "<!-- derivative-cost:start -->", "<!-- derivative-cost:end -->"
 STEP_START, STEP_END = "<!-- step-cost:start -->", "<!-- step-cost:end -->"
+HEADLINE_PROFILE = "default"  # the README cites the default profile's report
 
 
 def replace_block(text: str, start: str, end: str, body: str) -> str:
     """``text`` with everything between the ``start`` and ``end`` lines replaced by ``body``."""
     if start not in text or end not in text or text.index(end) < text.index(start):
-        raise ValueError(f"README lacks the markers {start} … {end}")
+        raise UsageError(f"README lacks the markers {start} … {end}")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     body = body if body.endswith("\n") else body + "\n"
     return f"{head}{start}\n{body}{end}{tail}"
 
 
+def _source(path: Path, command: str) -> str:
+    """The text of a block's source file; UsageError naming the command that writes it."""
+    if not path.is_file():
+        raise UsageError(f"{path} is missing: run `{command}` first")
+    return path.read_text()
+
+
 def render(readme: str, root: Path = ROOT) -> str:
-    """The README with both generated blocks refreshed from their source files."""
-    headline = (root / "reports" / "default" / "headline.md").read_text()
-    cost = readme_block(json.loads((root / "results" / "derivative_cost.json").read_text()))
-    step = step_cost.readme_block(json.loads((root / "results" / "step_cost.json").read_text()))
+    """The README with its generated blocks refreshed from their source files."""
+    headline_md = layout.report_dir(HEADLINE_PROFILE, root / layout.REPORTS) / HEADLINE_MD
+    headline = _source(headline_md, "make repro")
+    cost_json = _source(root / "results" / "derivative_cost.json", "make derivative-cost")
+    step_json = _source(root / "results" / "step_cost.json", "make step-cost")
+    cost = derivative_cost.readme_block(json.loads(cost_json))
+    step = step_cost.readme_block(json.loads(step_json))
     readme = replace_block(readme, HEADLINE_START, HEADLINE_END, headline)
     readme = replace_block(readme, STEP_START, STEP_END, step.strip() + "\n")
     return replace_block(readme, COST_START, COST_END, cost.strip() + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only verify, exit 1 if stale")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     args = parser.parse_args(argv)
+    if not args.readme.is_file():
+        raise UsageError(f"--readme {args.readme}: no such file")
     current = args.readme.read_text()
     try:
         refreshed = render(current, args.readme.resolve().parent)
-    except FileNotFoundError as error:
-        print(
-            f"{error.filename} is missing: run `make repro` (headline), `make derivative-cost` "
-            "or `make step-cost` first",
-            file=sys.stderr,
-        )
-        return 1
-    except ValueError as error:  # missing markers
-        print(f"{args.readme}: {error}", file=sys.stderr)
-        return 1
+    except UsageError as error:  # name the README whose block could not be refreshed
+        raise UsageError(f"{args.readme}: {error}") from None
     if refreshed == current:
         print(f"{args.readme}: generated blocks are up to date")
         return 0
@@ -84,4 +91,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run(main))

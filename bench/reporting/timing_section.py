@@ -1,4 +1,5 @@
-"""The report's timing section: step-cost table and the scaling figures of the timing stage."""
+"""The report's timing section: step-cost table and the scaling figures of the timing stage
+(``results/<profile>/timing/``: steps.csv, scaling.csv, environment.json)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from bench import figures  # noqa: E402
+from bench import layout  # noqa: E402
+from bench.reporting import figures  # noqa: E402
+from bench.reporting.document import Image, Paragraph, Section, Table  # noqa: E402
+
+TITLE = "Timing"
 
 SWEEPS = (
     ("subsets", "subsets", "S (number of subsets)"),
@@ -63,14 +68,13 @@ def scaling_figure(scaling: pd.DataFrame, path: Path) -> Path:
     return figures.save_png(figure, path, dpi=100)
 
 
-def add_section(document: Any, results: Path, profile: str, out_dir: Path) -> None:
-    folder = Path(results) / profile / "timing"
-    document.heading(2, "Timing")
+def section(results: Path, profile: str, figures_dir: Path) -> Section:
+    """The timing section (its figure written into ``figures_dir``), or say it is absent."""
+    folder = layout.timing_dir(profile, results)
     if not (folder / "steps.csv").is_file():
-        document.paragraph("Absent: no timing results (`dvc repro timing`).")
-        return
+        return Section(TITLE, (Paragraph("Absent: no timing results (`dvc repro timing`)."),))
     environment = json.loads((folder / "environment.json").read_text())
-    document.paragraph(
+    intro = (
         "Step cost per optimizer, amortised over a period of steps (ours recomputes its "
         "curvature once per period), as gradient-equivalents (one forward + backward on the "
         "same batch) and × the SGD step; all timed interleaved in one process, medians over "
@@ -78,7 +82,15 @@ def add_section(document: Any, results: Path, profile: str, out_dir: Path) -> No
         f"{environment.get('cpu_capability', 'unknown')}), {environment.get('threads')} thread(s), "
         f"torch {environment.get('torch')}, commit `{str(environment.get('git_commit'))[:12]}`."
     )
-    document.table(steps_frame(pd.read_csv(folder / "steps.csv")))
-    figure = scaling_figure(pd.read_csv(folder / "scaling.csv"), out_dir / "timing_scaling.png")
-    document.figure(figure, "cost of projected_derivatives against S, width, depth and batch")
-    document.paragraph("regenerate: `dvc repro timing report`", note=True)
+    steps = steps_frame(pd.read_csv(folder / "steps.csv"))
+    figure = scaling_figure(pd.read_csv(folder / "scaling.csv"), figures_dir / "timing_scaling.png")
+    alt = "cost of projected_derivatives against S, width, depth and batch"
+    return Section(
+        TITLE,
+        (
+            Paragraph(intro),
+            Table(steps),
+            Image(figure, alt),
+            Paragraph("regenerate: `dvc repro timing report`", note=True),
+        ),
+    )

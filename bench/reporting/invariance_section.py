@@ -1,4 +1,5 @@
-"""The report's invariance section: table and log-scale figure of the invariance stage."""
+"""The report's invariance section: table and log-scale figure of the invariance stage
+(``results/<profile>/invariance/<problem>.json``)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,20 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from bench import figures  # noqa: E402
+from bench import layout  # noqa: E402
+from bench.reporting import figures  # noqa: E402
+from bench.reporting.document import Image, Paragraph, Section, Table  # noqa: E402
+
+TITLE = "Reparameterization invariance"
 
 
 def load_invariance(results: Path, profile: str) -> dict[str, dict[str, Any]]:
     """``{problem: record}`` of every invariance JSON (empty when the stage has not run)."""
-    folder = Path(results) / profile / "invariance"
-    if not folder.is_dir():
+    pattern = layout.invariance_path(profile, "*", results)  # one file per problem
+    if not pattern.parent.is_dir():
         return {}
-    return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+    paths = sorted(pattern.parent.glob(pattern.name))
+    return {path.stem: json.loads(path.read_text()) for path in paths}
 
 
 def _cell(value: float | None) -> str:
@@ -78,32 +84,34 @@ def invariance_figure(records: dict[str, dict[str, Any]], path: Path) -> Path:
     return figures.save_png(figure, path, dpi=110)
 
 
-def add_section(document: Any, results: Path, profile: str, out_dir: Path) -> None:
-    """Append the invariance section to a :class:`bench.report.Document` (or say it is absent)."""
+def section(results: Path, profile: str, figures_dir: Path) -> Section:
+    """The invariance section (its figure written into ``figures_dir``), or say it is absent."""
     records = load_invariance(results, profile)
-    document.heading(2, "Reparameterization invariance")
     if not records:
-        document.paragraph(
-            "Absent: no results/<profile>/invariance/*.json (`dvc repro invariance`)."
-        )
-        return
+        absent = "Absent: no results/<profile>/invariance/*.json (`dvc repro invariance`)."
+        return Section(TITLE, (Paragraph(absent),))
     first = next(iter(records.values()))
-    document.paragraph(
-        f"Each problem's model and its twin θ_s = a_s θ̃_s + b_s (a_s log-uniform in [0.1, 10], "
-        f"per tensor) are trained on identical batches for {first['steps']} steps in "
-        f"{first['dtype']}; the table gives the maximum over steps of ‖θ − (aθ̃ + b)‖ / ‖θ‖. "
-        f"Expected: {first['expected']}"
+    figure = invariance_figure(records, figures_dir / "invariance.png")
+    return Section(
+        TITLE,
+        (
+            Paragraph(
+                f"Each problem's model and its twin θ_s = a_s θ̃_s + b_s (a_s log-uniform in "
+                f"[0.1, 10], per tensor) are trained on identical batches for {first['steps']} "
+                f"steps in {first['dtype']}; the table gives the maximum over steps of "
+                f"‖θ − (aθ̃ + b)‖ / ‖θ‖. Expected: {first['expected']}"
+            ),
+            Table(invariance_frame(records)),
+            Image(figure, "parameter deviation between a model and its reparameterized twin"),
+            Paragraph(
+                "Solid lines: optimizers expected to be invariant; dashed: expected to drift. "
+                "regenerate: `dvc repro invariance report`",
+                note=True,
+            ),
+            Paragraph(
+                "Scaling laws at the starting point (u = the gradient): relative errors of "
+                "ḡ̃ = a²ḡ, H̄̃ = a_s²a_t²H̄, d̃ = a²d and η̃ = η/a² (METHOD.md §6)."
+            ),
+            Table(scaling_frame(records)),
+        ),
     )
-    document.table(invariance_frame(records))
-    figure = invariance_figure(records, out_dir / "invariance.png")
-    document.figure(figure, "parameter deviation between a model and its reparameterized twin")
-    document.paragraph(
-        "Solid lines: optimizers expected to be invariant; dashed: expected to drift. "
-        "regenerate: `dvc repro invariance report`",
-        note=True,
-    )
-    document.paragraph(
-        "Scaling laws at the starting point (u = the gradient): relative errors of "
-        "ḡ̃ = a²ḡ, H̄̃ = a_s²a_t²H̄, d̃ = a²d and η̃ = η/a² (METHOD.md §6)."
-    )
-    document.table(scaling_frame(records))

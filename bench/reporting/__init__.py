@@ -1,0 +1,18 @@
+"""What the pipeline reads back: the aggregate's statistics, the report, its figures, the README.
+
+- :mod:`~bench.reporting.runs`: one run folder → :class:`~bench.reporting.runs.Run` (the run
+  record of :mod:`bench.schema`, checked);
+- :mod:`~bench.reporting.summary`: the aggregate (tidy ``summary.csv``, ``summary.json``, the
+  training-loss target, Student-t intervals);
+- :mod:`~bench.reporting.tables`: formatting, the headline table and the report's tables;
+- :mod:`~bench.reporting.document`: sections of blocks → Markdown and self-contained HTML;
+- :mod:`~bench.reporting.figures`, :mod:`~bench.reporting.invariance_section`,
+  :mod:`~bench.reporting.timing_section`: the figures and the two studies' sections;
+- :mod:`~bench.reporting.report`: the report's sections, assembled and written atomically;
+- :mod:`~bench.reporting.options`: the options and params check of the two stages;
+- :mod:`~bench.reporting.readme`: ``python -m bench.reporting.readme`` refreshes the README's
+  generated blocks.
+
+The stage scripts ``bench/aggregate.py`` and ``bench/report.py`` call into this package; it
+imports only flat support modules (and the cost studies' README renderers), never a stage.
+"""

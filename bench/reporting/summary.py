@@ -1,0 +1,235 @@
+"""The aggregate: every run of a profile → one tidy table and the headline metrics.
+
+Reads ``results/<profile>/runs/<problem>/<optimizer>/<seed>/{metrics.json, history.csv}`` (and
+``probe.csv`` when present; :mod:`bench.reporting.runs`) and writes, atomically:
+
+- ``results/<profile>/summary.csv``: tidy, one row per (problem, optimizer, seed, metric) with
+  the columns :data:`bench.schema.SUMMARY_COLUMNS` and the metrics of :data:`RUN_METRICS`;
+- ``results/<profile>/summary.json``: ``{problem: {optimizer: {final_train_loss_mean, ...}}}``,
+  the numbers ``dvc metrics show`` lists (strict JSON: NaN and ±inf become ``null``).
+
+Rules (the report repeats them):
+
+- **Diverged runs are kept.** Their per-seed values in ``summary.csv`` are the values at
+  divergence, as the training stage wrote them (possibly NaN or ±inf), never back-filled. Every
+  statistic (mean, std, 95% interval) is taken over the *non-diverged* seeds and always comes with
+  the count of diverged seeds beside it.
+- **Intervals.** Mean ± t_{0.975, n−1}·std/√n with the sample std (ddof = 1) of the n finite values
+  (Student t, ``scipy.stats.t.ppf``); for n = 1 the std and the interval are undefined (NaN).
+- **Training-loss target** (time to target): per problem, ``aggregate.train_loss_target.<problem>``
+  from params when given; otherwise :data:`TARGET_RULE`. A run reaches the target at the first
+  end-of-epoch training loss ≤ target (epoch 0 = before training); ``time_to_target_epochs`` is
+  that epoch and ``time_to_target_seconds`` the cumulative optimisation wall-clock there, NaN when
+  never reached. The target itself is stored per run as ``train_loss_target`` (and
+  ``train_loss_target_from_params`` = 1 when it came from params).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+from bench import layout, schema
+from bench.errors import UsageError
+from bench.io import write_csv_atomic, write_json_atomic
+from bench.reporting.runs import Run, as_float, load_runs
+
+PROBLEM, OPTIMIZER, SEED, METRIC, VALUE = schema.SUMMARY_COLUMNS
+CELL = [PROBLEM, OPTIMIZER]
+RUN_KEY = [PROBLEM, OPTIMIZER, SEED]
+ROW_KEY = [PROBLEM, OPTIMIZER, SEED, METRIC]
+(FINAL_TRAIN_LOSS, FINAL_TEST_LOSS, FINAL_TEST_ACCURACY, BEST_TEST_ACCURACY, WALL_CLOCK, EPOCHS,
+ STEPS, DIVERGED) = schema.METRICS_FROM_JSON  # fmt: skip
+LOSS_DECREASED = "loss_decreased"  # 1 when the final training loss < the initial one
+PROGRESS_METRICS = (LOSS_DECREASED,)
+TIME_TO_TARGET_EPOCHS, TIME_TO_TARGET_SECONDS = "time_to_target_epochs", "time_to_target_seconds"
+TIME_TO_TARGET_METRICS = (TIME_TO_TARGET_EPOCHS, TIME_TO_TARGET_SECONDS)
+TRAIN_LOSS_TARGET, TARGET_FROM_PARAMS = "train_loss_target", "train_loss_target_from_params"
+TARGET_METRICS = (TRAIN_LOSS_TARGET, TARGET_FROM_PARAMS)
+RUN_METRICS = schema.METRICS_FROM_JSON + PROGRESS_METRICS + TIME_TO_TARGET_METRICS + TARGET_METRICS
+# Per-run metrics read from the last history row when the optimizer logs them (no statistics).
+USABLE_SOLVES = schema.USABLE_SOLVES
+OPTIONAL_HISTORY_METRICS = {USABLE_SOLVES: schema.diagnostic_column(schema.USABLE_SOLVES)}
+# Metrics that get mean / std / interval over the non-diverged seeds.
+STATISTIC_METRICS = tuple(m for m in RUN_METRICS if m not in (DIVERGED, *TARGET_METRICS))
+CONFIDENCE = 0.95
+TARGET_RULE = (
+    "the largest, over optimizers with at least one non-diverged run that lowered the training "
+    "loss below its initial value, of the mean final training loss of those runs (the loss the "
+    "worst optimizer that trains at all reaches on average; an optimizer that never moves the "
+    "loss would make every target trivial)"
+)
+
+
+def train_loss_targets(
+    runs: Sequence[Run], fixed: Mapping[str, float] | None = None
+) -> dict[str, tuple[float, bool]]:
+    """Per problem: (training-loss target, came from params?). Rule: see :data:`TARGET_RULE`.
+
+    ``fixed``: params' ``aggregate.train_loss_target`` (validated by :mod:`bench.config`). NaN
+    when no optimizer of the problem has a non-diverged run with a finite final loss.
+    """
+    fixed = dict(fixed or {})
+    problems = sorted({run.problem for run in runs})
+    unknown = sorted(set(fixed) - set(problems))
+    if unknown:
+        raise UsageError(f"aggregate.train_loss_target given for problems without runs: {unknown}")
+    targets: dict[str, tuple[float, bool]] = {}
+    for problem in problems:
+        if problem in fixed:
+            targets[problem] = (float(fixed[problem]), True)
+            continue
+        finals: dict[str, list[float]] = {}
+        for run in runs:
+            final = as_float(run.metrics[FINAL_TRAIN_LOSS])
+            usable = not run.diverged and math.isfinite(final) and loss_decreased(run.history)
+            if run.problem == problem and usable:
+                finals.setdefault(run.optimizer, []).append(final)
+        means = [float(np.mean(values)) for values in finals.values()]
+        targets[problem] = (max(means) if means else math.nan, False)
+    return targets
+
+
+def loss_decreased(history: pd.DataFrame) -> bool:
+    """Whether the last end-of-epoch training loss is below the first (epoch 0, before training)."""
+    loss = history[schema.TRAIN_LOSS].to_numpy(dtype=np.float64)
+    return bool(loss.size >= 2 and np.isfinite(loss[-1]) and loss[-1] < loss[0])
+
+
+def time_to_target(history: pd.DataFrame, target: float) -> tuple[float, float]:
+    """(epoch, wall-clock seconds) of the first end-of-epoch training loss ≤ target, else NaNs."""
+    loss = history[schema.TRAIN_LOSS].to_numpy(dtype=np.float64)
+    reached = np.flatnonzero(np.isfinite(loss) & (loss <= target))
+    if not math.isfinite(target) or reached.size == 0:
+        return math.nan, math.nan
+    first = int(reached[0])
+    return (
+        float(history[schema.EPOCH].iloc[first]),
+        float(history[schema.WALL_CLOCK].iloc[first]),
+    )
+
+
+def summary_table(runs: Sequence[Run], targets: Mapping[str, tuple[float, bool]]) -> pd.DataFrame:
+    """Tidy table, one row per (problem, optimizer, seed, metric) for :data:`RUN_METRICS`."""
+    rows: list[tuple[str, str, int, str, float]] = []
+    for run in runs:
+        target, from_params = targets[run.problem]
+        values = {key: as_float(run.metrics[key]) for key in schema.METRICS_FROM_JSON}
+        epochs, seconds = time_to_target(run.history, target)
+        values |= {
+            LOSS_DECREASED: float(loss_decreased(run.history)),
+            TIME_TO_TARGET_EPOCHS: epochs,
+            TIME_TO_TARGET_SECONDS: seconds,
+            TRAIN_LOSS_TARGET: target,
+            TARGET_FROM_PARAMS: float(from_params),
+        }
+        rows.extend((run.problem, run.optimizer, run.seed, key, values[key]) for key in RUN_METRICS)
+        for key, column in OPTIONAL_HISTORY_METRICS.items():  # only for optimizers that log them
+            if column in run.history.columns and len(run.history):
+                value = as_float(run.history[column].iloc[-1])
+                rows.append((run.problem, run.optimizer, run.seed, key, value))
+    table = pd.DataFrame(rows, columns=list(schema.SUMMARY_COLUMNS))
+    return table.astype({SEED: "int64", VALUE: "float64"})
+
+
+def wide_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The tidy table as one row per run, one column per metric (checked: columns, duplicates)."""
+    missing = [c for c in schema.SUMMARY_COLUMNS if c not in summary.columns]
+    if missing:
+        raise UsageError(f"summary table lacks the columns {missing}")
+    duplicated = summary.duplicated(subset=ROW_KEY)
+    if duplicated.any():
+        first = summary.loc[duplicated, ROW_KEY].iloc[0].tolist()
+        raise UsageError(f"summary table has duplicated rows, e.g. {first}")
+    wide = summary.set_index(ROW_KEY)[VALUE].unstack(METRIC)
+    if DIVERGED not in wide.columns:
+        raise UsageError(f"summary table has no {DIVERGED!r} metric")
+    return wide
+
+
+def _statistic(values: np.ndarray) -> dict[str, float | int]:
+    """n, mean, std and the Student-t interval of the finite ``values``."""
+    values = values[np.isfinite(values)]
+    n = int(values.size)
+    mean = float(values.mean()) if n else math.nan
+    std = float(values.std(ddof=1)) if n > 1 else math.nan
+    half = (
+        float(scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * std / math.sqrt(n)
+        if n > 1
+        else math.nan
+    )
+    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def statistics(summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std and 95% Student-t interval over the non-diverged seeds of each cell and metric.
+
+    Columns: problem, optimizer, metric, runs (all seeds), diverged_runs, n (finite values among
+    the non-diverged seeds: for time to target, the runs that reached it), mean, std, ci_low,
+    ci_high. std and the interval are NaN for n < 2 (undefined), the mean for n = 0.
+    """
+    wide = wide_table(summary)
+    records = []
+    for (problem, optimizer), cell in wide.groupby(level=CELL, sort=True):
+        diverged = cell[DIVERGED].to_numpy(dtype=np.float64) > 0.5
+        for metric in STATISTIC_METRICS:
+            if metric not in cell.columns:
+                continue
+            records.append(
+                {
+                    PROBLEM: problem,
+                    OPTIMIZER: optimizer,
+                    METRIC: metric,
+                    "runs": int(diverged.size),
+                    "diverged_runs": int(diverged.sum()),
+                    **_statistic(cell[metric].to_numpy(dtype=np.float64)[~diverged]),
+                }
+            )
+    return pd.DataFrame.from_records(records)
+
+
+def _json_number(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def summary_json(table: pd.DataFrame) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """``{problem: {optimizer: {final_train_loss_mean, final_train_loss_std,
+    final_test_accuracy_mean, final_test_accuracy_std, diverged_runs, seeds}}}`` from
+    :func:`statistics` output (non-finite → None)."""
+    nested: dict[str, dict[str, dict[str, float | int | None]]] = {}
+    for (problem, optimizer), cell in table.groupby(CELL, sort=True):
+        by_metric = cell.set_index(METRIC)
+        entry: dict[str, float | int | None] = {}
+        for metric in (FINAL_TRAIN_LOSS, FINAL_TEST_ACCURACY):
+            entry[f"{metric}_mean"] = _json_number(by_metric.loc[metric, "mean"])
+            entry[f"{metric}_std"] = _json_number(by_metric.loc[metric, "std"])
+        entry["diverged_runs"] = int(by_metric["diverged_runs"].iloc[0])
+        entry["seeds"] = int(by_metric["runs"].iloc[0])
+        nested.setdefault(str(problem), {})[str(optimizer)] = entry
+    return nested
+
+
+def aggregate(
+    results: Path, profile: str, fixed_targets: Mapping[str, float] | None = None
+) -> tuple[pd.DataFrame, dict]:
+    """Load the runs of ``profile``, write summary.csv and summary.json; return both.
+
+    Everything is computed (and every input checked) before either file is written.
+    """
+    runs = load_runs(layout.runs_dir(profile, results))
+    table = summary_table(runs, train_loss_targets(runs, fixed_targets))
+    headline = summary_json(statistics(table))
+    csv_path, json_path = layout.summary_paths(profile, results)
+    write_csv_atomic(csv_path, table)
+    write_json_atomic(json_path, headline)
+    return table, headline
+
+
+def run_count(table: pd.DataFrame) -> int:
+    """How many runs (problem, optimizer, seed) a tidy summary table covers."""
+    return table.groupby(RUN_KEY).ngroups

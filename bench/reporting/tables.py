@@ -1,0 +1,234 @@
+"""The report's tables and the sentences about them, from the aggregate's tidy summary.
+
+Numbers are formatted here once: ``mean ± std`` over the non-diverged seeds with the diverged
+count beside it (:func:`mean_std`), the Student-t interval (:func:`interval`). The headline table
+(:func:`headline_table`) is also the README's, between :data:`HEADLINE_START` and
+:data:`HEADLINE_END`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+import pandas as pd
+
+from bench.reporting import summary as agg  # `summary` names the tidy table below
+from bench.reporting.runs import Run
+
+HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
+HEADLINE_MD = "headline.md"  # the report's copy of the headline table, which the README cites
+PROVENANCE_KEYS = (
+    "git_commit", "git_dirty", "params_hash", "hobench", "torch", "python", "numpy",
+    "device", "threads", "cpu", "cpu_capability", "hostname", "created",
+)  # fmt: skip
+STALLED_MARK = " (did not train)"
+STALLED_NOTE = (
+    "(did not train): no non-diverged run lowered the training loss below its initial value."
+)
+NO_STEP_NOTE = (
+    " For {names}, no curvature recomputation gave a usable step (usable_solves = 0 in every "
+    "run: the S×S step needs H̄ ≻ 0 without the cubic term, and H̄ was indefinite each time), "
+    "so the weights never moved."
+)
+INTERVAL = f"{agg.CONFIDENCE:.0%} interval"
+
+
+# ----------------------------------------------------------------------------- formatting
+def _number(value: float, percent: bool = False, digits: int = 4) -> str:
+    return f"{100 * value:.2f}" if percent else f"{value:.{digits}g}"
+
+
+def mean_std(row: pd.Series, percent: bool = False, show_diverged: bool = True) -> str:
+    """'mean ± std' over the non-diverged seeds, with the diverged count beside it."""
+    runs, diverged, n = int(row["runs"]), int(row["diverged_runs"]), int(row["n"])
+    if n == 0:
+        return f"diverged ({diverged}/{runs})" if diverged == runs else "—"
+    text = _number(row["mean"], percent)
+    text += f" ± {_number(row['std'], percent, digits=2)}" if n > 1 else " (n=1)"
+    return text + (f" ({diverged}/{runs} diverged)" if diverged and show_diverged else "")
+
+
+def interval(row: pd.Series, percent: bool = False) -> str:
+    if int(row["n"]) < 2:
+        return f"undefined (n={int(row['n'])})"
+    return f"[{_number(row['ci_low'], percent)}, {_number(row['ci_high'], percent)}]"
+
+
+# ----------------------------------------------------------------------------- headline
+def stalled_cells(summary: pd.DataFrame) -> set[tuple[str, str]]:
+    """(problem, optimizer) cells with a non-diverged run, none of which lowered the loss."""
+    wide = agg.wide_table(summary)
+    if agg.LOSS_DECREASED not in wide.columns:
+        return set()
+    stalled = set()
+    for key, cell in wide.groupby(level=agg.CELL):
+        kept = cell[~(cell[agg.DIVERGED] > 0.5)]
+        if len(kept) and not (kept[agg.LOSS_DECREASED] > 0.5).any():
+            stalled.add(key)
+    return stalled
+
+
+def headline_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """Problem × optimizer: seeds, final training loss and test accuracy (%) as mean ± std over
+    the non-diverged seeds, diverged counts beside them."""
+    stats = agg.statistics(summary).set_index([*agg.CELL, agg.METRIC])
+    stalled = stalled_cells(summary)
+    rows = []
+    for problem, optimizer in stats.index.droplevel(agg.METRIC).unique().sort_values():
+        loss = stats.loc[(problem, optimizer, agg.FINAL_TRAIN_LOSS)]
+        accuracy = stats.loc[(problem, optimizer, agg.FINAL_TEST_ACCURACY)]
+        rows.append(
+            {
+                "problem": problem,
+                "optimizer": optimizer + (STALLED_MARK if (problem, optimizer) in stalled else ""),
+                "seeds": str(int(loss["runs"])),
+                "final training loss": mean_std(loss),
+                "test accuracy (%)": mean_std(accuracy, percent=True),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _never_stepped(summary: pd.DataFrame, cells: set[tuple[str, str]]) -> list[str]:
+    rows = summary[summary[agg.METRIC] == agg.USABLE_SOLVES]
+    names = set()
+    for (problem, optimizer), values in rows.groupby(agg.CELL)[agg.VALUE]:
+        if (problem, optimizer) in cells and (values == 0).all():
+            names.add(optimizer)
+    return sorted(names)
+
+
+def headline_note(summary: pd.DataFrame) -> str | None:
+    """The sentence under the headline that explains its "(did not train)" marks (None: none)."""
+    stalled = stalled_cells(summary)
+    if not stalled:
+        return None
+    never = _never_stepped(summary, stalled)
+    return STALLED_NOTE + (NO_STEP_NOTE.format(names=", ".join(never)) if never else "")
+
+
+def headline_table(summary: pd.DataFrame) -> str:
+    """The README's headline table (:func:`headline_frame`) as Markdown, ending in a newline.
+
+    Cells in which no run lowered the training loss are marked and explained under the table.
+    """
+    frame = headline_frame(summary)
+    lines = ["| " + " | ".join(frame.columns) + " |", "|---|---|---:|---:|---:|"]
+    lines += ["| " + " | ".join(row) + " |" for row in frame.to_numpy().tolist()]
+    note = headline_note(summary)
+    if note is not None:
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def readme_headline(readme: str) -> str | None:
+    """The text between the headline markers of the README (None when the markers are absent)."""
+    match = re.search(
+        re.escape(HEADLINE_START) + r"\n(.*?)" + re.escape(HEADLINE_END), readme, re.S
+    )
+    return None if match is None else match.group(1)
+
+
+# ----------------------------------------------------------------------------- per problem
+def final_metrics_frame(cell: pd.DataFrame, optimizers: Sequence[str]) -> pd.DataFrame:
+    """One row per optimizer from :func:`statistics` rows indexed by (optimizer, metric)."""
+    rows = []
+    for optimizer in optimizers:
+        loss, accuracy = (
+            cell.loc[(optimizer, agg.FINAL_TRAIN_LOSS)],
+            cell.loc[(optimizer, agg.FINAL_TEST_ACCURACY)],
+        )
+        rows.append(
+            {
+                "optimizer": optimizer,
+                "seeds": int(loss["runs"]),
+                "diverged": int(loss["diverged_runs"]),
+                "final training loss": mean_std(loss),
+                INTERVAL: interval(loss),
+                "final test loss": mean_std(cell.loc[(optimizer, agg.FINAL_TEST_LOSS)]),
+                "test accuracy (%)": mean_std(accuracy, percent=True),
+                f"{INTERVAL} (%)": interval(accuracy, percent=True),
+                "best test accuracy (%)": mean_std(
+                    cell.loc[(optimizer, agg.BEST_TEST_ACCURACY)], percent=True
+                ),
+                "wall-clock (s)": mean_std(cell.loc[(optimizer, agg.WALL_CLOCK)]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+ABLATION_COLUMNS = ["optimizer", "seeds", "diverged", "final training loss",
+                    "test accuracy (%)", "wall-clock (s)"]  # fmt: skip
+
+
+def time_to_target_frame(cell: pd.DataFrame, optimizers: Sequence[str]) -> pd.DataFrame:
+    """Epochs and seconds to the training-loss target; 'not reached' when no run reached it."""
+    rows = []
+    for optimizer in optimizers:
+        epochs = cell.loc[(optimizer, agg.TIME_TO_TARGET_EPOCHS)]
+        seconds = cell.loc[(optimizer, agg.TIME_TO_TARGET_SECONDS)]
+        runs, diverged, reached = (int(epochs[k]) for k in ("runs", "diverged_runs", "n"))
+        unreached = f"diverged ({diverged}/{runs})" if diverged == runs else "not reached"
+        rows.append(
+            {
+                "optimizer": optimizer,
+                "non-diverged runs reaching it": f"{reached}/{runs - diverged}"
+                + (f" ({diverged} diverged)" if diverged else ""),
+                "epochs": mean_std(epochs, show_diverged=False) if reached else unreached,
+                "seconds": mean_std(seconds, show_diverged=False) if reached else unreached,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def target_sentence(summary: pd.DataFrame, problem: str) -> str:
+    rows = summary[summary[agg.PROBLEM] == problem].set_index(agg.METRIC)[agg.VALUE]
+    target, from_params = rows.loc[[agg.TRAIN_LOSS_TARGET]], rows.loc[[agg.TARGET_FROM_PARAMS]]
+    source = (
+        "from params `aggregate.train_loss_target`"
+        if float(from_params.max()) > 0.5
+        else f"rule: {agg.TARGET_RULE}"
+    )
+    return f"Training-loss target {float(target.iloc[0]):.4g} ({source})."
+
+
+# ----------------------------------------------------------------------------- provenance
+def _provenance_value(key: str, counts: Counter) -> str:
+    if key == "created" and len(counts) > 1:
+        present = sorted(value for value in counts if value != "absent")
+        return f"{present[0]} … {present[-1]}" if present else "absent"
+    if key == "params_hash" and len(counts) > 1:
+        return (
+            f"{len(counts)} distinct values: each run hashes its own cell (problem, optimizer, "
+            "seed, the train and optimizer sections, its tuned hyperparameters, the data "
+            "file's digest); see its metrics.json"
+        )
+    return "; ".join(f"{v} ({n} runs)" if len(counts) > 1 else v for v, n in counts.items())
+
+
+def provenance_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """Each provenance key with its distinct values across runs and how many runs have each."""
+    rows = []
+    for key in PROVENANCE_KEYS:
+        counts = Counter(str(run.provenance.get(key, "absent")) for run in runs)
+        rows.append({"key": key, "value": _provenance_value(key, counts)})
+    return pd.DataFrame(rows)
+
+
+def regenerate_note(runs: Sequence[Run]) -> str:
+    """'regenerate: `dvc repro report` · commit … · params …' from the runs' provenance."""
+    parts = ["regenerate: `dvc repro report`"]
+    for key, label, width in (("git_commit", "commit", 10), ("params_hash", "params", 12)):
+        values = {str(run.provenance.get(key, "absent")) for run in runs}
+        parts.append(
+            f"{label} `{next(iter(values))[:width]}`"
+            if len(values) == 1
+            else (
+                "params per cell (see Provenance)"
+                if key == "params_hash"
+                else f"{len(values)} different {label} values (see Provenance)"
+            )
+        )
+    return " · ".join(parts)
