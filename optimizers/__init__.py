@@ -1,6 +1,8 @@
 """hobench's optimizer library: projected higher-order derivatives and the optimizers built on them.
 
-Importable on its own (no dependency on the ``bench`` suite).
+Importable on its own: it needs torch, numpy and scipy only, never the ``bench`` suite. The
+registry's kfac, adahessian and shampoo entries wrap optional packages, imported when such an
+optimizer is built: ``pip install 'hobench[baselines]'`` (tests/test_library_imports.py).
 """
 
 from . import partition

@@ -15,8 +15,14 @@ the update. The subclasses here adapt each optimizer of the registry:
   Linear/Conv2d layer is preconditioned by (A ⊗ B + damping)⁻¹, A = E[a aᵀ] over layer
   inputs, B = E[g gᵀ] over output gradients with targets sampled from the model (Monte-Carlo
   Fisher)) followed by ``torch.optim.SGD`` with momentum.
-- :class:`PartitionedNewtonOptimizer` wraps ours (``optimizers.PartitionedNewton``, imported
-  when first built) and feeds it the curvature batch.
+- :class:`PartitionedNewtonOptimizer` wraps ours (``optimizers.PartitionedNewton``) and feeds
+  it the curvature batch.
+
+Optional packages: ASDL (distribution ``asdfghjkl``, for kfac) and pytorch-optimizer (adahessian,
+shampoo) are imported when such an optimizer is first built, through :func:`optional_import`;
+when one is missing, building it raises :class:`MissingDependencyError` (an ``ImportError``)
+naming the package and the extra that installs it (``pip install 'hobench[baselines]'``). The
+rest of the library needs torch, numpy and scipy only.
 
 Random streams: the Hutchinson probes and K-FAC's sampled targets come from a private CPU
 generator state seeded by the ``seed`` hyperparameter, or, when it is ``None``, by one draw
@@ -29,6 +35,8 @@ which the private stream does not capture: there a resumed run is not bitwise id
 from __future__ import annotations
 
 import contextlib
+import importlib
+import inspect
 import math
 import types
 import warnings
@@ -39,18 +47,49 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import partition as partitions
+from .derivatives import functional_loss
+from .partitioned_newton import PartitionedNewton
+
 Criterion = Callable[[Tensor, Tensor], Tensor]
 Batch = tuple[Tensor, Tensor]
 
 __all__ = [
+    "BASELINES_EXTRA",
     "PARTITIONED_NEWTON_DEFAULTS",
     "Batch",
     "Criterion",
     "HutchinsonOptimizer",
     "KfacOptimizer",
+    "MissingDependencyError",
     "PartitionedNewtonOptimizer",
     "TrainingOptimizer",
+    "optional_import",
 ]
+
+BASELINES_EXTRA = "hobench[baselines]"  # the extra (pyproject.toml) with the optional packages
+
+
+class MissingDependencyError(ImportError):
+    """An optional package an optimizer needs is not installed (the message says what to do)."""
+
+
+def optional_import(module: str, *, package: str, needed_by: str) -> types.ModuleType:
+    """``importlib.import_module(module)``; if the package itself is missing, a
+    :class:`MissingDependencyError` naming ``package`` (what pip installs), ``needed_by`` and
+    the extra that pulls it. Other import errors (a broken installation) propagate as they are.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        root = module.partition(".")[0]
+        if error.name is None or error.name.partition(".")[0] != root:
+            raise
+        raise MissingDependencyError(
+            f"{needed_by} needs the package {package!r} (imported as {root!r}), which is not "
+            f"installed; install the baselines extra: pip install '{BASELINES_EXTRA}'",
+            name=error.name,
+        ) from error
 
 
 class TrainingOptimizer:
@@ -336,24 +375,27 @@ class KfacOptimizer(TrainingOptimizer):
             setattr(module, attr, None if fields is None else asdl.SymMatrix(**fields))
 
 
-# Defaults of the partitioned Newton entries (METHOD.md §4, §5; PartitionedNewton's own): λ1 = 0.1,
-# λ_int = 1, curvature every T = 10 steps averaged over the last K = 4 estimates, W = 3 warm-up
-# recomputations, heavy-ball direction buf ← 0.9 buf + (1 − τ) grad with τ = 0.
+def _keyword_defaults(function: Callable[..., Any]) -> dict[str, Any]:
+    """The parameters of ``function`` that have a default, with it, in signature order."""
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+
+_NEWTON_KEYWORDS = _keyword_defaults(PartitionedNewton.__init__)
+# Defaults of the partitioned Newton entries: PartitionedNewton's own keyword defaults (written
+# once, in its __init__; METHOD.md §4, §5: λ1 = 0.1, λ_int = 1, curvature every T = 10 steps
+# averaged over the last K = 4 estimates, W = 3 warm-up recomputations, heavy-ball direction
+# buf ← 0.9 buf + (1 − τ) grad with τ = 0) plus the entry's own keys choosing the subsets (one
+# per tensor). "lr" is written first to keep the key order lr, partition, num_blocks, ...: the
+# later **-unpacking keeps that position and sets the same value.
 PARTITIONED_NEWTON_DEFAULTS: dict[str, Any] = {
-    "lr": 0.1,
+    "lr": _NEWTON_KEYWORDS["lr"],
     "partition": "per_tensor",
     "num_blocks": None,
-    "lambda_int": 1.0,
-    "update_every": 10,
-    "average": 4,
-    "warmup": 3,
-    "proposal": "momentum",
-    "momentum": 0.9,
-    "dampening": 0.0,
-    "betas": (0.9, 0.999),
-    "eps": 1e-8,
-    "remove_negative": True,
-    "curvature": "full",
+    **_NEWTON_KEYWORDS,
 }
 
 
@@ -370,14 +412,12 @@ class PartitionedNewtonOptimizer(TrainingOptimizer):
     parameter name → subset label, or a list of lists of parameter names.
     ``diagnostics()``: ``eta/<subset>`` (η_s of the last solve; a subset is named by its
     parameter name, or its names joined by ``+``), ``solver_status`` (code), ``condition_number``
-    (of H̄).
+    (of H̄), then ``usable_solves`` and ``failed_solves`` (the optimizer's cumulative counters).
     """
 
     needs_curvature_batch = True
 
     def __init__(self, name: str, model: nn.Module, hyperparameters: dict, criterion: Criterion):
-        from .partitioned_newton import PartitionedNewton
-
         hp = dict(hyperparameters)
         groups = _resolve_partition(name, model, hp.pop("partition"), hp.pop("num_blocks"))
         hp["betas"] = tuple(hp["betas"])
@@ -385,8 +425,6 @@ class PartitionedNewtonOptimizer(TrainingOptimizer):
         super().__init__(name, model, optimizer, criterion)
 
     def step(self, batch: Batch, curvature_batch: Batch | None = None) -> Tensor:
-        from .derivatives import functional_loss
-
         curvature_loss = None
         if self.optimizer.needs_curvature:
             if curvature_batch is None:
@@ -408,14 +446,9 @@ class PartitionedNewtonOptimizer(TrainingOptimizer):
         for key in ("solver_status", "condition_number"):
             if record.get(key) is not None:
                 out[key] = float(record[key])
-        from .partitioned_newton import GLOBAL
-        from .subspace import OK_STATUSES, SolverStatus
-
-        state = self.optimizer.state.get(GLOBAL, {})
-        counts = state.get("status_counts", {})
-        usable = sum(counts.get(SolverStatus(status).value, 0) for status in OK_STATUSES)
-        out["usable_solves"] = float(usable)  # cumulative: recomputations that gave a step
-        out["failed_solves"] = float(state.get("failed_solves", 0))
+        # cumulative: recomputations that gave a step, and those that did not
+        out["usable_solves"] = float(self.optimizer.usable_solves)
+        out["failed_solves"] = float(self.optimizer.failed_solves)
         return out
 
 
@@ -426,8 +459,6 @@ def _floats(values: Any) -> list[float]:
 
 
 def _resolve_partition(name: str, model: nn.Module, partition: Any, num_blocks: Any):
-    from . import partition as partitions
-
     if isinstance(partition, str):
         function = partitions.get_partition(partition)
         if partition == "blocks":
@@ -452,14 +483,18 @@ _ASDL_FIELDS = {"kron": ("A", "B", "A_inv", "B_inv"), "unit": ("data", "inv")}
 
 def _import_asdl() -> types.ModuleType:
     with _quiet_asdl():
-        import asdl
-        import asdl.operations.operation
-        import asdl.precondition.natural_gradient
+        asdl = _require_asdl("asdl")
+        _require_asdl("asdl.operations.operation")
+        _require_asdl("asdl.precondition.natural_gradient")
     if not _nvtx_works():
         null = types.SimpleNamespace(range=lambda *args, **kwargs: contextlib.nullcontext())
         for module in (asdl.operations.operation, asdl.precondition.natural_gradient, asdl.utils):
             module.nvtx = null
     return asdl
+
+
+def _require_asdl(module: str) -> types.ModuleType:
+    return optional_import(module, package="asdfghjkl", needed_by="kfac (K-FAC from ASDL)")
 
 
 def _nvtx_works() -> bool:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .derivatives import projected_derivatives
 from .partition import get_partition, per_tensor, validate_groups
 from .proposals import PROPOSALS, adam_direction, gradient_direction, momentum_direction
-from .subspace import SolverStatus, subspace_step
+from .subspace import OK_STATUSES, SolverStatus, subspace_step
 
 __all__ = ["PartitionedNewton"]
 
@@ -90,7 +90,9 @@ class PartitionedNewton(torch.optim.Optimizer):
     records ``{"step", "event" ("solved", "failed", "warmup", "non_finite_gradient",
     "non_finite_curvature"), "subsets" (names), "eta" (η in use after it, or None),
     "h_diagonal", "condition_number" (of the H̄ solved with), "status" (solver status name),
-    "solver_status" (its code in ``STATUS_CODES``), "r" (‖Dη‖)}``.
+    "solver_status" (its code in ``STATUS_CODES``), "r" (‖Dη‖)}``. Cumulative counters, as
+    read-only properties: ``status_counts``, ``usable_solves``, ``failed_solves`` and
+    ``skipped_estimates``.
 
     A complete training loop (ReduceLROnPlateau halves λ1 when the epoch's loss stalls)::
 
@@ -228,6 +230,27 @@ class PartitionedNewton(torch.optim.Optimizer):
     def subset_names(self) -> list[str]:
         """One name per subset: its parameter names joined by ``+``."""
         return ["+".join(group["names"]) for group in self.param_groups]
+
+    @property
+    def status_counts(self) -> dict[str, int]:
+        """Solver status name → how many solves ended with it, since the start (a copy)."""
+        return dict(self.state[GLOBAL]["status_counts"])
+
+    @property
+    def usable_solves(self) -> int:
+        """Solves whose status carries a step (``subspace.OK_STATUSES``), since the start."""
+        counts = self.state[GLOBAL]["status_counts"]
+        return sum(counts.get(SolverStatus(status).value, 0) for status in OK_STATUSES)
+
+    @property
+    def failed_solves(self) -> int:
+        """Solves that gave no step (the previous η was kept), since the start."""
+        return self.state[GLOBAL]["failed_solves"]
+
+    @property
+    def skipped_estimates(self) -> int:
+        """Recomputations whose estimate was not finite and was left out, since the start."""
+        return self.state[GLOBAL]["skipped_estimates"]
 
     @property
     def diagnostics(self) -> list[dict[str, Any]]:

@@ -39,7 +39,13 @@ Cauchy's steepest-descent step in the textbook sense.
 
 The tune stage sweeps the spec's ``grid``: a mapping hyperparameter → list of values whose
 Cartesian product is tried (``{"lr": lr_grid}`` unless more axes are given; kfac also sweeps
-``damping``). ``lr_grid`` is ``grid["lr"]``.
+``damping``). ``lr_grid`` is ``grid["lr"]``. The built-in entries' grids are data, in the
+package file ``optimizers/search_spaces.json`` (``load_search_spaces()`` reads it).
+
+kfac needs ASDL and adahessian/shampoo need pytorch-optimizer, both in the ``baselines`` extra
+(``pip install 'hobench[baselines]'``); without them every other entry works, and ``make`` of
+one of these three raises ``optimizers.baselines.MissingDependencyError`` (an ImportError)
+saying what to install.
 
 Benchmarking your own optimizer: register a factory ``factory(model, hyperparameters,
 criterion) -> TrainingOptimizer`` under a new name, then name it in params.yaml::
@@ -65,10 +71,12 @@ Registering an existing name raises ValueError unless ``replace=True``.
 from __future__ import annotations
 
 import importlib
+import importlib.resources
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import Any
 
 import torch
@@ -82,6 +90,7 @@ from .baselines import (
     KfacOptimizer,
     PartitionedNewtonOptimizer,
     TrainingOptimizer,
+    optional_import,
 )
 
 __all__ = [
@@ -89,6 +98,7 @@ __all__ = [
     "TrainingOptimizer",
     "available",
     "get_spec",
+    "load_search_spaces",
     "make",
     "register_optimizer",
     "register_torch_optimizer",
@@ -267,9 +277,54 @@ def _resolve(path: str) -> Any:
 
 # -- built-in entries -----------------------------------------------------------------------
 
+SEARCH_SPACES_FILE = "search_spaces.json"  # package data of ``optimizers`` (pyproject.toml)
+
+
+def load_search_spaces() -> dict[str, dict[str, list[Any]]]:
+    """The built-in entries' tuning grids: name → {hyperparameter: values, in order}, read from
+    the package data file ``optimizers/search_spaces.json`` (``lr`` is the entry's lr_grid)."""
+    resource = importlib.resources.files(__package__).joinpath(SEARCH_SPACES_FILE)
+    return json.loads(resource.read_text(encoding="utf-8"))["search_spaces"]
+
+
+_SEARCH_SPACES = load_search_spaces()
+
+
+def _register_builtin(
+    name: str, factory: Factory, *, defaults: Mapping[str, Any], description: str
+) -> OptimizerSpec:
+    """``register_optimizer`` for a built-in entry, its tuning grid read from search_spaces.json
+    (``lr`` is its lr_grid, any other axis goes to ``grid``)."""
+    if name not in _SEARCH_SPACES or "lr" not in _SEARCH_SPACES[name]:
+        raise ValueError(f"{SEARCH_SPACES_FILE} has no 'lr' grid for the built-in {name!r}")
+    axes = dict(_SEARCH_SPACES[name])
+    return register_optimizer(
+        name,
+        factory,
+        defaults=defaults,
+        lr_grid=axes.pop("lr"),
+        grid=axes,
+        description=description,
+        builtin=True,
+    )
+
 
 def _make_sgd(model, hp, criterion):
     return TrainingOptimizer("sgd", model, torch.optim.SGD(model.parameters(), **hp), criterion)
+
+
+_register_builtin(
+    "sgd",
+    _make_sgd,
+    defaults={
+        "lr": 0.01,
+        "momentum": 0.9,
+        "dampening": 0.0,
+        "weight_decay": 0.0,
+        "nesterov": False,
+    },
+    description="SGD with heavy-ball momentum 0.9 (torch.optim.SGD)",
+)
 
 
 def _make_adam(model, hp, criterion):
@@ -277,23 +332,86 @@ def _make_adam(model, hp, criterion):
     return TrainingOptimizer("adam", model, torch.optim.Adam(model.parameters(), **hp), criterion)
 
 
+_register_builtin(
+    "adam",
+    _make_adam,
+    defaults={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+    description="Adam (torch.optim.Adam)",
+)
+
+
 def _make_kfac(model, hp, criterion):
     return KfacOptimizer("kfac", model, criterion, **hp)
 
 
-def _make_adahessian(model, hp, criterion):
-    from pytorch_optimizer import AdaHessian
+_register_builtin(
+    "kfac",
+    _make_kfac,
+    defaults={
+        "lr": 0.03,
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "damping": 0.1,
+        "curvature_update_every": 10,
+        "inverse_update_every": 100,
+        "statistics_decay": 0.05,
+        "seed": None,
+    },
+    description="K-FAC (ASDL KfacGradientMaker, MC Fisher) + SGD momentum 0.9",
+)
 
+
+def _pytorch_optimizer(needed_by: str) -> ModuleType:
+    return optional_import("pytorch_optimizer", package="pytorch-optimizer", needed_by=needed_by)
+
+
+def _make_adahessian(model, hp, criterion):
+    AdaHessian = _pytorch_optimizer("adahessian").AdaHessian
     hp = dict(hp)
     seed = hp.pop("seed")
     optimizer = AdaHessian(model.parameters(), betas=tuple(hp.pop("betas")), **hp)
     return HutchinsonOptimizer("adahessian", model, optimizer, criterion, seed=seed)
 
 
-def _make_shampoo(model, hp, criterion):
-    from pytorch_optimizer import Shampoo
+# The library's defaults but eps 1e-8 instead of 1e-16 (a zero Hutchinson estimate would
+# otherwise blow the step up); no spatial averaging of conv kernels (the library has none).
+_register_builtin(
+    "adahessian",
+    _make_adahessian,
+    defaults={
+        "lr": 0.1,
+        "betas": (0.9, 0.999),
+        "weight_decay": 0.0,
+        "hessian_power": 1.0,
+        "update_period": 1,
+        "num_samples": 1,
+        "eps": 1e-8,
+        "seed": None,
+    },
+    description="AdaHessian (pytorch_optimizer.AdaHessian, Hutchinson diagonal, Rademacher probes)",
+)
 
+
+def _make_shampoo(model, hp, criterion):
+    Shampoo = _pytorch_optimizer("shampoo").Shampoo
     return TrainingOptimizer("shampoo", model, Shampoo(model.parameters(), **hp), criterion)
+
+
+# Plain Shampoo (Gupta et al. 2018, pytorch_optimizer.Shampoo, preconditioners recomputed every
+# step by SVD); momentum 0 by default because the library's momentum mixes the raw gradient
+# with the previous *preconditioned* step.
+_register_builtin(
+    "shampoo",
+    _make_shampoo,
+    defaults={
+        "lr": 1e-2,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "preconditioning_compute_steps": 1,
+        "matrix_eps": 1e-6,
+    },
+    description="Shampoo (pytorch_optimizer.Shampoo: plain, per-dimension (Σ G Gᵀ)^(-1/2k))",
+)
 
 
 def _partitioned_newton_entry(name: str, **fixed: Any) -> Factory:
@@ -309,120 +427,30 @@ def _partitioned_newton_entry(name: str, **fixed: Any) -> Factory:
     return factory
 
 
-_NEWTON_GRID = [0.03, 0.1, 0.3]  # λ1 "between 0.03 and 0.3" (METHOD.md §5)
-
-# Choices for the baselines (library defaults otherwise): AdaHessian's eps 1e-8 instead of the
-# library's 1e-16 (a zero Hutchinson estimate would otherwise blow the step up); no spatial
-# averaging of conv kernels (the library has none). Shampoo: plain Shampoo (Gupta et al. 2018,
-# pytorch_optimizer.Shampoo, preconditioners recomputed every step by SVD), momentum 0 by default
-# because the library's momentum mixes the raw gradient with the previous *preconditioned* step.
-
-_BUILTINS: list[tuple[str, Factory, dict[str, Any], list[float], dict, str]] = [
-    (
-        "sgd",
-        _make_sgd,
-        {"lr": 0.01, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False},
-        [0.003, 0.01, 0.03, 0.1, 0.3],
-        {},
-        "SGD with heavy-ball momentum 0.9 (torch.optim.SGD)",
-    ),
-    (
-        "adam",
-        _make_adam,
-        {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
-        [1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
-        {},
-        "Adam (torch.optim.Adam)",
-    ),
-    (
-        "kfac",
-        _make_kfac,
-        {
-            "lr": 0.03,
-            "momentum": 0.9,
-            "weight_decay": 0.0,
-            "damping": 0.1,
-            "curvature_update_every": 10,
-            "inverse_update_every": 100,
-            "statistics_decay": 0.05,
-            "seed": None,
-        },
-        [0.01, 0.03, 0.1],
-        {"damping": [0.03, 0.1, 0.3]},
-        "K-FAC (ASDL KfacGradientMaker, MC Fisher) + SGD momentum 0.9",
-    ),
-    (
-        "adahessian",
-        _make_adahessian,
-        {
-            "lr": 0.1,
-            "betas": (0.9, 0.999),
-            "weight_decay": 0.0,
-            "hessian_power": 1.0,
-            "update_period": 1,
-            "num_samples": 1,
-            "eps": 1e-8,
-            "seed": None,
-        },
-        [0.01, 0.03, 0.1, 0.3],
-        {},
-        "AdaHessian (pytorch_optimizer.AdaHessian, Hutchinson diagonal, Rademacher probes)",
-    ),
-    (
-        "shampoo",
-        _make_shampoo,
-        {
-            "lr": 1e-2,
-            "momentum": 0.0,
-            "weight_decay": 0.0,
-            "preconditioning_compute_steps": 1,
-            "matrix_eps": 1e-6,
-        },
-        [1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
-        {},
-        "Shampoo (pytorch_optimizer.Shampoo: plain, per-dimension (Σ G Gᵀ)^(-1/2k))",
-    ),
-    (
-        "partitioned_newton",
-        _partitioned_newton_entry("partitioned_newton"),
-        dict(PARTITIONED_NEWTON_DEFAULTS),
-        _NEWTON_GRID,
+# Ours and its variants: name → the hyperparameters the entry fixes (its defaults, which an
+# override may not change) and its description.
+_PARTITIONED_NEWTON_ENTRIES: dict[str, tuple[dict[str, Any], str]] = {
+    "partitioned_newton": (
         {},
         "Partitioned Newton, order-3 cubic regularisation, one subset per tensor (ours)",
     ),
-    (
-        "partitioned_newton_diag",
-        _partitioned_newton_entry("partitioned_newton_diag", curvature="diagonal"),
-        {**PARTITIONED_NEWTON_DEFAULTS, "curvature": "diagonal"},
-        _NEWTON_GRID,
-        {},
+    "partitioned_newton_diag": (
+        {"curvature": "diagonal"},
         "Partitioned Newton with diag(H̄) only: no cross-subset terms (ablation)",
     ),
-    (
-        "partitioned_newton_order2",
-        _partitioned_newton_entry("partitioned_newton_order2", lambda_int=0.0),
-        {**PARTITIONED_NEWTON_DEFAULTS, "lambda_int": 0.0},
-        _NEWTON_GRID,
-        {},
+    "partitioned_newton_order2": (
+        {"lambda_int": 0.0},
         "Partitioned Newton without the cubic term (λ_int = 0, ablation)",
     ),
-    (
-        "cauchy",
-        _partitioned_newton_entry("cauchy", partition="single", lambda_int=0.0),
-        {**PARTITIONED_NEWTON_DEFAULTS, "partition": "single", "lambda_int": 0.0},
-        _NEWTON_GRID,
-        {},
+    "cauchy": (
+        {"partition": "single", "lambda_int": 0.0},
         "Cauchy step: S = 1, λ_int = 0, same direction as partitioned_newton (baseline)",
     ),
-]
-
-for _name, _factory, _defaults, _lr_grid, _grid, _description in _BUILTINS:
-    register_optimizer(
+}
+for _name, (_fixed, _description) in _PARTITIONED_NEWTON_ENTRIES.items():
+    _register_builtin(
         _name,
-        _factory,
-        defaults=_defaults,
-        lr_grid=_lr_grid,
-        grid=_grid,
+        _partitioned_newton_entry(_name, **_fixed),
+        defaults={**PARTITIONED_NEWTON_DEFAULTS, **_fixed},
         description=_description,
-        builtin=True,
     )

@@ -21,7 +21,7 @@ from optimizers.derivatives import functional_loss
 from optimizers.partition import per_tensor, single
 from optimizers.partitioned_newton import GLOBAL, PartitionedNewton
 from optimizers.proposals import adam_direction, momentum_direction
-from optimizers.subspace import subspace_step
+from optimizers.subspace import OK_STATUSES, SolverStatus, subspace_step
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 DT = torch.float64
@@ -268,7 +268,7 @@ def test_invariance_to_per_subset_affine_maps(seed, proposal, lambda_int):
         assert _deviation(base, wrapped) <= 1e-9, f"step {t}"
     moved = max(relative_error(p.detach(), start[n]) for n, p in base.named_parameters())
     assert moved > 1e-3, "the weights barely moved: the test would not see a difference"
-    assert ours.state[GLOBAL]["status_counts"] == theirs.state[GLOBAL]["status_counts"]
+    assert ours.status_counts == theirs.status_counts
 
 
 @pytest.mark.parametrize("method", ["sgd", "cauchy"])
@@ -392,12 +392,12 @@ def test_non_finite_curvature_and_failed_solve_keep_the_previous_eta(seed):
     eta = optimizer.state[GLOBAL]["eta"].clone()
     optimizer.step(closure, lambda params: loss(params) * math.nan)
     assert torch.equal(optimizer.state[GLOBAL]["eta"], eta)
-    assert optimizer.state[GLOBAL]["skipped_estimates"] == 1
+    assert optimizer.skipped_estimates == 1
     assert optimizer.last_diagnostics["event"] == "non_finite_curvature"
     optimizer.step(closure, lambda params: -loss(params))  # H̄ ≺ 0: Newton cannot solve
     assert torch.equal(optimizer.state[GLOBAL]["eta"], eta)
-    assert optimizer.state[GLOBAL]["failed_solves"] == 1
-    assert optimizer.state[GLOBAL]["status_counts"]["not_positive_definite"] == 1
+    assert optimizer.failed_solves == 1
+    assert optimizer.status_counts["not_positive_definite"] == 1
     assert optimizer.last_diagnostics["event"] == "failed"
 
 
@@ -415,7 +415,7 @@ def test_nan_curvature_loss_with_finite_derivatives_is_skipped(seed):
     assert math.isnan(float(empty({n: p.detach() for n, p in model.named_parameters()})))
     closure = closure_for(model, optimizer, functional_loss(model, F.cross_entropy, *data[0]))
     optimizer.step(closure, empty)
-    assert optimizer.state[GLOBAL]["skipped_estimates"] == 1
+    assert optimizer.skipped_estimates == 1
     assert optimizer.last_diagnostics["event"] == "non_finite_curvature"
     for key, value in optimizer.state[GLOBAL]["window"].items():
         assert torch.equal(value, window[key]), key
@@ -428,7 +428,28 @@ def test_no_step_before_a_solved_eta():
     for _ in range(3):
         optimizer.step(closure_for(model, optimizer, loss), loss)
     assert torch.equal(model.vector().detach(), torch.tensor([1.0, -2.0], dtype=DT))
-    assert optimizer.state[GLOBAL]["failed_solves"] == 3
+    assert optimizer.failed_solves == 3 and optimizer.usable_solves == 0
+
+
+def test_counters_are_read_only_views_of_the_state(seed):
+    """status_counts, usable_solves, failed_solves, skipped_estimates: what diagnostics read."""
+    gen = torch.Generator().manual_seed(seed)
+    model = mlp(gen)
+    data, curvature_data = batches(gen, 6), batches(gen, 6)
+    optimizer = PartitionedNewton.from_model(model, update_every=1, warmup=1)
+    train(model, optimizer, data, curvature_data, 6)
+    glob = optimizer.state[GLOBAL]
+    counts = optimizer.status_counts
+    assert counts == glob["status_counts"] and sum(counts.values()) == 5
+    optimizer.status_counts["newton"] = 99  # a copy: the optimizer's counts do not change
+    assert optimizer.status_counts == counts
+    usable = sum(n for status, n in counts.items() if SolverStatus(status) in OK_STATUSES)
+    assert optimizer.usable_solves == usable
+    assert optimizer.usable_solves + optimizer.failed_solves == 5
+    assert optimizer.skipped_estimates == glob["skipped_estimates"] == 0
+    for name in ("status_counts", "usable_solves", "failed_solves", "skipped_estimates"):
+        with pytest.raises(AttributeError):
+            setattr(optimizer, name, 0)
 
 
 # ------------------------------------------------------------------ state
@@ -574,5 +595,5 @@ def test_paper_mlp_trains_on_embedded_mnist(seed):
         final = F.cross_entropy(model(x[:3000]), y[:3000]).item()
     assert all(math.isfinite(value) for value in losses)
     assert final < 0.25 * initial, (initial, final)
-    counts = optimizer.state["partitioned_newton"]["status_counts"]
+    counts = optimizer.status_counts
     assert sum(counts.values()) >= 10 and optimizer.state["partitioned_newton"]["eta"] is not None

@@ -102,6 +102,74 @@ def test_kfac_tunes_damping_too():
     assert get_spec("kfac").defaults["damping"] == 0.1
 
 
+def test_builtin_grids_come_from_search_spaces_json():
+    spaces = registry.load_search_spaces()
+    assert list(spaces) == BUILTINS  # one entry per built-in, none stray
+    for name, axes in spaces.items():
+        assert dict(get_spec(name).grid) == {key: tuple(values) for key, values in axes.items()}
+        assert list(axes)[0] == "lr"
+
+
+def test_the_tuning_grids_stay_what_the_results_were_tuned_with():
+    """The values that drive the tune stage (changing one changes every result)."""
+    newton = (0.03, 0.1, 0.3)
+    assert {name: dict(get_spec(name).grid) for name in BUILTINS} == {
+        "sgd": {"lr": (0.003, 0.01, 0.03, 0.1, 0.3)},
+        "adam": {"lr": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)},
+        "kfac": {"lr": (0.01, 0.03, 0.1), "damping": (0.03, 0.1, 0.3)},
+        "adahessian": {"lr": (0.01, 0.03, 0.1, 0.3)},
+        "shampoo": {"lr": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)},
+        **{name: {"lr": newton} for name in sorted(NEWTON)},
+    }
+
+
+def test_partitioned_newton_defaults_are_its_init_defaults():
+    import inspect
+
+    from optimizers.baselines import PARTITIONED_NEWTON_DEFAULTS
+    from optimizers.partitioned_newton import PartitionedNewton
+
+    init = {
+        name: p.default
+        for name, p in inspect.signature(PartitionedNewton.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    entry_only = {"partition": "per_tensor", "num_blocks": None}
+    assert PARTITIONED_NEWTON_DEFAULTS == {**init, **entry_only}
+    assert list(PARTITIONED_NEWTON_DEFAULTS)[:3] == ["lr", "partition", "num_blocks"]
+    assert dict(get_spec("partitioned_newton").defaults) == PARTITIONED_NEWTON_DEFAULTS
+
+
+def test_public_names_keep_working():
+    from optimizers import baselines
+
+    for name in registry.__all__:
+        assert hasattr(registry, name), name
+    for name in baselines.__all__:
+        assert hasattr(baselines, name), name
+    assert {"register_optimizer", "make", "TrainingOptimizer", "get_spec", "available"} <= set(
+        registry.__all__
+    )
+    assert "register_torch_optimizer" in registry.__all__
+
+
+def test_a_missing_optional_package_names_itself_and_the_extra(tmp_path, monkeypatch):
+    from optimizers.baselines import MissingDependencyError, optional_import
+
+    with pytest.raises(MissingDependencyError) as caught:
+        optional_import("hobench_no_such_package.sub", package="no-such", needed_by="mine")
+    assert isinstance(caught.value, ImportError)
+    message = str(caught.value)
+    assert "mine" in message and "'no-such'" in message
+    assert "pip install 'hobench[baselines]'" in message
+    # installed but broken (its own import fails on another module): not called missing
+    (tmp_path / "hobench_broken_package.py").write_text("import hobench_absent_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError) as caught:
+        optional_import("hobench_broken_package", package="broken", needed_by="mine")
+    assert not isinstance(caught.value, MissingDependencyError)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name", available())
 def test_step_returns_detached_loss_before_update_and_lowers_it(name, dtype, seed, single_thread):
