@@ -47,8 +47,12 @@ def run_dir(
     return runs_dir(profile, root) / problem / optimizer / str(seed)
 
 
+def invariance_dir(profile: str, root: str | Path = RESULTS) -> Path:
+    return results_dir(profile, root) / "invariance"
+
+
 def invariance_path(profile: str, problem: str, root: str | Path = RESULTS) -> Path:
-    return results_dir(profile, root) / "invariance" / f"{problem}.json"
+    return invariance_dir(profile, root) / f"{problem}.json"
 
 
 def timing_dir(profile: str, root: str | Path = RESULTS) -> Path:

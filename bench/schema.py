@@ -55,6 +55,7 @@ def diagnostic_column(key: str) -> str:
 
 
 # -- metrics.json ---------------------------------------------------------------------------
+PROBLEM, OPTIMIZER, SEED, PROVENANCE = "problem", "optimizer", "seed", "provenance"
 METRICS_KEYS = (
     "problem", "optimizer", "seed", "epochs", "steps", "final_train_loss", "final_test_loss",
     "final_test_accuracy", "best_test_accuracy", "wall_clock", "diverged", "diverged_epoch",
@@ -68,7 +69,8 @@ METRICS_FROM_JSON = (
 ACCURACY_METRICS = ("final_test_accuracy", "best_test_accuracy")  # fractions in [0, 1]
 
 # -- probe.csv ------------------------------------------------------------------------------
-PROBE_COLUMNS = ("step", "subset", "eta", "ratio", "g", "h", "status")
+PROBE_STEP, PROBE_SUBSET, PROBE_ETA, PROBE_STATUS = "step", "subset", "eta", "status"
+PROBE_COLUMNS = (PROBE_STEP, PROBE_SUBSET, PROBE_ETA, "ratio", "g", "h", PROBE_STATUS)
 
 # -- summary.csv ----------------------------------------------------------------------------
 SUMMARY_COLUMNS = ("problem", "optimizer", "seed", "metric", "value")
