@@ -36,14 +36,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench import schema  # noqa: E402
-from bench.reporting.runs import (  # noqa: E402
-    PROBE_ETA,
-    PROBE_STATUS,
-    PROBE_STEP,
-    PROBE_SUBSET,
-    TEST_ACCURACY,
-    Run,
-)
+from bench.reporting.runs import TEST_ACCURACY, Run  # noqa: E402
+from bench.schema import PROBE_ETA, PROBE_STATUS, PROBE_STEP, PROBE_SUBSET  # noqa: E402
 from optimizers.subspace import OK_STATUSES  # noqa: E402
 
 ABLATION = ("partitioned_newton", "partitioned_newton_diag", "partitioned_newton_order2", "cauchy")

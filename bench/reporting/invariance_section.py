@@ -24,10 +24,10 @@ TITLE = "Reparameterization invariance"
 
 def load_invariance(results: Path, profile: str) -> dict[str, dict[str, Any]]:
     """``{problem: record}`` of every invariance JSON (empty when the stage has not run)."""
-    pattern = layout.invariance_path(profile, "*", results)  # one file per problem
-    if not pattern.parent.is_dir():
+    folder = layout.invariance_dir(profile, results)  # one <problem>.json per problem
+    if not folder.is_dir():
         return {}
-    paths = sorted(pattern.parent.glob(pattern.name))
+    paths = sorted(folder.glob("*.json"))
     return {path.stem: json.loads(path.read_text()) for path in paths}
 
 

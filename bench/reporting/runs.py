@@ -19,14 +19,11 @@ import pandas as pd
 
 from bench import schema
 from bench.errors import UsageError
+from bench.schema import OPTIMIZER, PROBLEM, PROVENANCE, SEED
 
 HISTORY_COLUMNS = schema.history_columns(schema.TEST_SPLIT)  # what a training run writes
 TEST_LOSS = schema.loss_column(schema.TEST_SPLIT)
 TEST_ACCURACY = schema.accuracy_column(schema.TEST_SPLIT)
-# metrics.json: the cell's keys come first in METRICS_KEYS, the provenance record last.
-PROBLEM, OPTIMIZER, SEED = schema.METRICS_KEYS[:3]
-PROVENANCE = schema.METRICS_KEYS[-1]
-PROBE_STEP, PROBE_SUBSET, PROBE_ETA, *_, PROBE_STATUS = schema.PROBE_COLUMNS
 METRICS_FILE, HISTORY_FILE, PROBE_FILE = "metrics.json", "history.csv", "probe.csv"
 
 
