@@ -19,6 +19,7 @@ from typing import Any
 from bench.cli import ArgumentParser, run
 from bench.config import Config, load_pipeline_config
 from bench.errors import UsageError
+from bench.io import write_dir_atomic
 
 
 def datasets(config: Config) -> list[str]:
@@ -44,21 +45,28 @@ def truncate(splits: Any, max_train: int | None, max_test: int | None) -> Any:
 
 
 def prepare(config: Config, *, results: str | Path = "results") -> dict[str, Path]:
-    """Write the .npz of every data set of ``config``; return {dataset: path}."""
+    """Write the .npz of every data set of ``config``; return {dataset: path}.
+
+    The data folder is built whole beside the old one and swapped in (:func:`write_dir_atomic`):
+    it holds exactly the data sets of the params' problems, and a data set that cannot be loaded
+    leaves the previous folder as it was."""
     from bench.data import DatasetUnavailableError, load_arrays, save_splits
 
-    written = {}
+    loaded = {}
     for name in datasets(config):
         try:
             splits = load_arrays(name, seed=config.prepare.seed)
         except DatasetUnavailableError as error:
             raise UsageError(str(error)) from None
-        splits = truncate(splits, config.prepare.max_train, config.prepare.max_test)
-        path = config.data_path(name, results)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_splits(splits, path)
-        written[name] = path
-    return written
+        loaded[name] = truncate(splits, config.prepare.max_train, config.prepare.max_test)
+    folder = config.data_path(next(iter(loaded)), results).parent
+
+    def write(staging: Path) -> None:
+        for name, splits in loaded.items():
+            save_splits(splits, staging / config.data_path(name, results).name)
+
+    write_dir_atomic(folder, write)
+    return {name: config.data_path(name, results) for name in loaded}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -59,7 +59,7 @@ def test_register_section_defines_a_torch_optimizer_and_it_tunes_and_trains(tmp_
     assert json.loads(run.read_text())["final_train_loss"] == pytest.approx(
         metrics["final_train_loss"]
     )
-    from bench.invariance import invariance_cell
+    from bench.studies.invariance import invariance_cell
 
     record = json.loads(invariance_cell(config, "digits_mlp", results=results).read_text())
     deviations = record["max_relative_deviation"]

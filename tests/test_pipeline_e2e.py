@@ -86,7 +86,53 @@ def test_dvc_repro_tiny_grid_and_selective_rerun(tmp_path):
     params["optimizers"]["sgd"]["grid"] = {"lr": [0.05, 0.1]}
     write_params(repo / "params.yaml", params)
     changed = set(json.loads(_run([dvc, "status", "--json"], repo, env)))
-    # the invariance and timing studies read every optimizer section (they run each optimizer)
+    # the invariance and timing studies read every optimizer section (they run each optimizer);
+    # the aggregate and the report read exactly the grid's cells (problems × optimizers × seeds);
+    # validate reads the whole file (its output stays the same, so it makes nothing else stale)
     assert changed == {
         "tune@digits_mlp-sgd", "train@digits_mlp-sgd-0", "invariance@digits_mlp", "timing",
+        "aggregate", "report", "validate",
     }  # fmt: skip
+
+
+def _snapshot(repo: Path) -> dict[str, bytes]:
+    folders = [repo / "results" / "tiny", repo / "reports" / "tiny"]
+    return {str(p): p.read_bytes() for f in folders for p in sorted(f.rglob("*")) if p.is_file()}
+
+
+def test_invalid_params_never_remove_or_change_results(tmp_path):
+    """DVC deletes a stage's outputs before running it unless they persist: every output is
+    `persist: true` and every stage validates the whole params file before it writes; the
+    validate stage, which every stage depends on, stops a whole `dvc repro` at any bad key, even
+    one no stage that has to run reads. Results stay byte for byte as they were."""
+    repo, env = _repository(tmp_path)
+    dvc = str(Path(sys.executable).parent / "dvc")
+    _run([dvc, "repro"], repo, env)
+    before = _snapshot(repo)
+    good = (repo / "params.yaml").read_text()
+    bad_values = [  # (keys, value, the key the message names, a stage run alone with -s)
+        (("aggregate", "train_loss_target"), {"digits_mlp": "abc"},
+         "aggregate.train_loss_target.digits_mlp", "aggregate"),
+        (("timing", "scaling", "partitions"), ["nonsense"], "timing.scaling.partitions[0]",
+         "timing"),
+        (("train", "epochs"), "ten", "train.epochs", "train@digits_mlp-sgd-0"),
+        (("colour",), "red", "colour", None),  # read by no stage but validate
+        (("plugins",), ["no_such_module"], "plugins[0]", None),
+    ]  # fmt: skip
+    for keys, value, named, stage in bad_values:
+        params = yaml.safe_load(good)
+        node = params
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+        write_params(repo / "params.yaml", params)
+        for command in [[dvc, "repro"]] + ([[dvc, "repro", "-s", stage]] if stage else []):
+            completed = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+            output = completed.stdout + completed.stderr
+            assert completed.returncode != 0, (command, output[-2000:])
+            assert named in output and "Traceback" not in output, output[-2000:]
+            assert _snapshot(repo) == before, f"{keys}: results changed"
+    (repo / "params.yaml").write_text(good)
+    _run([dvc, "repro"], repo, env)  # only the validate stage reruns; same marker
+    assert _snapshot(repo) == before
+    assert json.loads(_run([dvc, "status", "--json"], repo, env)) == {}

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from bench import layout
 from bench.config import Config, load_pipeline_config
-from bench.io import write_json_atomic, write_rows_csv_atomic
+from bench.io import write_dir_atomic, write_json_atomic, write_rows_csv_atomic
 from bench.models import mlp
 from bench.provenance import provenance
 from bench.studies import memory
@@ -239,8 +239,11 @@ def timing_stage(config: Config, results: Path = Path("results"), params: str = 
                 else None
             )
         step_rows += rows
-    out = layout.timing_dir(config.profile, results)
-    write_rows_csv_atomic(out / "steps.csv", step_rows, STEP_COLUMNS)
-    write_rows_csv_atomic(out / "scaling.csv", time_scaling(settings.scaling), SCALING_COLUMNS)
-    write_json_atomic(out / "environment.json", environment(config))
-    return out
+    scaling_rows, record = time_scaling(settings.scaling), environment(config)
+
+    def write(folder: Path) -> None:  # the three files replace the old ones together
+        write_rows_csv_atomic(folder / "steps.csv", step_rows, STEP_COLUMNS)
+        write_rows_csv_atomic(folder / "scaling.csv", scaling_rows, SCALING_COLUMNS)
+        write_json_atomic(folder / "environment.json", record)
+
+    return write_dir_atomic(layout.timing_dir(config.profile, results), write)

@@ -1,0 +1,43 @@
+"""Validate stage: the whole params.yaml, before any other stage runs.
+
+    python -m bench.validate [--params params.yaml]
+
+DVC checks a stage's params only when that stage runs, so a bad key read by no stage that has to
+run (an unknown top-level key, a misspelt plugin, ``seeds: []`` after a full run) would pass as
+"up to date". This stage depends on the whole params file (any edit reruns it) and every other
+stage depends on its output, so ``dvc repro`` (and ``dvc exp run``) stop at it with one message
+naming the key. Its output, ``results/<profile>/params.valid``, has the same content for every
+valid params file, so a valid edit (one optimizer's section, a comment, the runtime section)
+reruns no other stage through it. ``dvc repro -s STAGE`` skips it; STAGE itself still
+validates the whole file before it writes anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench import layout
+from bench.cli import ArgumentParser, run
+from bench.config import load_pipeline_config
+from bench.io import write_bytes_atomic
+
+MARKER = "params.valid"
+CONTENT = b"params.yaml is valid (bench/validate.py); this file is the same for every valid one\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--results", type=Path, default=None, help="default: <project>/results")
+    args = parser.parse_args(argv)
+    config = load_pipeline_config(args.params)
+    results = config.project_path(args.results, layout.RESULTS)
+    marker = layout.results_dir(config.profile, results) / MARKER
+    write_bytes_atomic(marker, CONTENT)
+    print(f"validate: {args.params} is valid → {marker}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))
