@@ -8,7 +8,9 @@ our optimizers, diverged runs whose final values are the values at divergence (N
 ``probe.csv`` for the probed optimizers with a known over/under-step pattern (:data:`PROBE_ETA`).
 The tests read the written files back independently of ``bench.reporting``; the column and key
 names are spelt out here on purpose (an independent statement of the record's format).
-The problems carry registered names, so a params file can name them (``write_params``).
+The problems carry registered names, so a params file can name them: ``write_params`` writes one
+whose cells (problems × optimizers × seeds) are those of a tree written with the same ``layout``
+and ``seeds``, as the aggregate and the report read exactly params' cells.
 """
 
 from __future__ import annotations
@@ -24,11 +26,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 SUBSETS = ("0.weight", "0.bias", "2.weight", "2.bias")
-# problem → optimizers run on it (mnist1d_mlp lacks cauchy: an "absent optimizer").
-LAYOUT = {
-    "digits_mlp": ("sgd", "adam", "partitioned_newton", "cauchy"),
-    "mnist1d_mlp": ("sgd", "adam", "partitioned_newton", "partitioned_newton_diag"),
-}
+# problem → optimizers run on it: the same on every problem, as params' cells are a product.
+OPTIMIZERS = ("sgd", "adam", "partitioned_newton", "partitioned_newton_diag", "cauchy")
+LAYOUT = {"digits_mlp": OPTIMIZERS, "mnist1d_mlp": OPTIMIZERS}
+SEEDS = (0, 1, 2)
 # (problem, optimizer, seed, epoch of divergence, non-finite loss written there)
 DIVERGED = (("digits_mlp", "adam", 1, 2, math.nan), ("mnist1d_mlp", "sgd", 2, 3, math.inf))
 RATE = {"sgd": 0.3, "adam": 0.5, "partitioned_newton": 0.8, "partitioned_newton_diag": 0.6}
@@ -125,7 +126,7 @@ def write_results_tree(
     seed: int,
     profile: str = "default",
     layout: dict[str, tuple[str, ...]] | None = None,
-    seeds: tuple[int, ...] = (0, 1, 2),
+    seeds: tuple[int, ...] = SEEDS,
     epochs: int = 5,
     steps_per_epoch: int = 10,
     diverged: tuple = DIVERGED,
@@ -180,12 +181,22 @@ def write_params(
     path: Path,
     *,
     profile: str = "default",
+    layout: dict[str, tuple[str, ...]] | None = None,
+    seeds: tuple[int, ...] = SEEDS,
     train_loss_target: dict[str, float] | None = None,
     probe_optimizers: tuple[str, ...] | None = None,
 ) -> Path:
-    """The repository's params.yaml with these values changed, written to ``path``."""
+    """The repository's params.yaml with these values changed, written to ``path``: problems the
+    keys of ``layout``, one optimizer section per optimizer named in it (in order of appearance),
+    ``seeds``."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["profile"] = profile
+    layout = layout or LAYOUT
+    params["problems"] = list(layout)
+    params["seeds"] = list(seeds)
+    names = list(dict.fromkeys(name for names in layout.values() for name in names))
+    blank = {"hyperparameters": {}, "grid": None}
+    params["optimizers"] = {name: params["optimizers"].get(name, blank) for name in names}
     if train_loss_target is not None:
         params["aggregate"]["train_loss_target"] = dict(train_loss_target)
     if probe_optimizers is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures_results import DIVERGED, LAYOUT, write_params, write_results_tree
+from fixtures_results import DIVERGED, LAYOUT, SEEDS, write_params, write_results_tree
 from scipy import stats
 
 from bench import aggregate, schema
@@ -23,11 +23,11 @@ from bench.errors import ConfigError, UsageError
 from bench.reporting import summary as aggregation
 from bench.reporting.runs import Run
 
-SEEDS = (0, 1, 2)
 
-
-def _aggregate(results: Path, params: Path | None = None, profile: str = "default") -> int:
-    params = params or write_params(results.parent / "params.yaml")
+def _aggregate(results: Path, params: Path | None = None, profile: str = "default", **cells) -> int:
+    """The stage on ``results``; without ``params``, a params file of the cells ``cells``
+    (``layout``, ``seeds``: those of :func:`write_params`)."""
+    params = params or write_params(results.parent / "params.yaml", **cells)
     argv = ["--profile", profile, "--results", str(results), "--params", str(params)]
     return aggregate.main(argv)
 
@@ -182,7 +182,7 @@ def test_target_from_params_overrides_the_rule(tmp_path, seed):
 @pytest.mark.parametrize(
     ("target", "error", "match"),
     [
-        ({"mnist5k_mlp": 1.0}, UsageError, "problems without runs: \\['mnist5k_mlp'\\]"),
+        ({"mnist5k_mlp": 1.0}, ConfigError, "train_loss_target.mnist5k_mlp"),  # not in problems
         ({"no_such_problem": 1.0}, ConfigError, "train_loss_target.no_such_problem"),
         ({"digits_mlp": -1.0}, ConfigError, "-1.0"),
         ({"digits_mlp": "low"}, ConfigError, "low"),
@@ -191,7 +191,7 @@ def test_target_from_params_overrides_the_rule(tmp_path, seed):
 def test_a_bad_target_is_a_user_error_and_writes_nothing(tmp_path, seed, target, error, match):
     results = tmp_path / "results"
     write_results_tree(results, seed=seed, seeds=(0,))
-    params = write_params(tmp_path / "params.yaml", train_loss_target=target)
+    params = write_params(tmp_path / "params.yaml", seeds=(0,), train_loss_target=target)
     with pytest.raises(error, match=match):
         _aggregate(results, params)
     assert not (results / "default" / "summary.csv").exists()
@@ -201,7 +201,7 @@ def test_a_bad_target_is_a_user_error_and_writes_nothing(tmp_path, seed, target,
 def test_the_stage_reads_the_whole_params_file(tmp_path, seed, capsys):
     results = tmp_path / "results"
     write_results_tree(results, seed=seed, seeds=(0,))
-    params = write_params(tmp_path / "params.yaml")
+    params = write_params(tmp_path / "params.yaml", seeds=(0,))
     params.write_text(params.read_text() + "aggregate_typo: 1\n")  # a section no stage knows
     assert run(aggregate.main, ["--results", str(results), "--params", str(params)]) == 2
     assert "aggregate_typo" in capsys.readouterr().err
@@ -210,7 +210,7 @@ def test_the_stage_reads_the_whole_params_file(tmp_path, seed, capsys):
     assert "--profile 'default' differs from profile 'paper'" in capsys.readouterr().err
     assert not (results / "default" / "summary.csv").exists()
     # without --profile, params' profile; without --results, the params file's folder's results/
-    params = write_params(tmp_path / "params.yaml")
+    params = write_params(tmp_path / "params.yaml", seeds=(0,))
     assert aggregate.main(["--params", str(params)]) == 0
     assert (results / "default" / "summary.csv").is_file()
 
@@ -218,7 +218,7 @@ def test_the_stage_reads_the_whole_params_file(tmp_path, seed, capsys):
 def test_a_single_seed_has_an_undefined_interval_and_null_std(tmp_path, seed):
     results = tmp_path / "results"
     write_results_tree(results, seed=seed, seeds=(0,), diverged=())
-    assert _aggregate(results) == 0
+    assert _aggregate(results, seeds=(0,)) == 0
     table = aggregation.statistics(_summary(results))
     loss = table[table["metric"] == "final_train_loss"]
     assert (loss["n"] == 1).all()
@@ -255,13 +255,100 @@ def test_bad_results_trees_are_user_errors_naming_the_problem(tmp_path, seed, da
     else:
         match = "paper"
     profile = "paper" if damage == "no_runs" else "default"
-    params = write_params(tmp_path / "params.yaml", profile=profile)
+    params = write_params(tmp_path / "params.yaml", profile=profile, seeds=(0,))
     with pytest.raises(UsageError, match=match):
         _aggregate(results, params, profile)
     argv = ["--results", str(results), "--params", str(params)]
     assert run(aggregate.main, argv) == 2
     err = capsys.readouterr().err
     assert ": error: " in err and match in err and "Traceback" not in err
+    assert sorted(p.name for p in (results / "default").iterdir()) == ["runs"]
+
+
+def _cells(table: pd.DataFrame) -> set[tuple[str, str, int]]:
+    return set(table[["problem", "optimizer", "seed"]].itertuples(index=False, name=None))
+
+
+def test_only_the_cells_of_params_are_read(tmp_path, seed):
+    """Folders of no params cell (a seed dropped from ``seeds``, an optimizer section removed)
+    are not read at all: not aggregated, not checked, no say in the training-loss target."""
+    results = tmp_path / "results"
+    layout = {"digits_mlp": ("sgd", "adam")}
+    written = write_results_tree(results, seed=seed, layout=layout, seeds=(0, 1), diverged=())
+    (results / "default" / "runs" / "digits_mlp" / "adam" / "0" / "metrics.json").write_text("{")
+    assert _aggregate(results, layout={"digits_mlp": ("sgd",)}, seeds=(1,)) == 0
+    summary = _summary(results)
+    assert _cells(summary) == {("digits_mlp", "sgd", 1)}
+    headline = json.loads((results / "default" / "summary.json").read_text())
+    assert list(headline) == ["digits_mlp"] and list(headline["digits_mlp"]) == ["sgd"]
+    assert headline["digits_mlp"]["sgd"]["seeds"] == 1
+    final = written[("digits_mlp", "sgd", 1)]["final_train_loss"]
+    assert _value(summary, "digits_mlp", "sgd", 1, "train_loss_target") == final
+
+
+def test_a_params_cell_without_a_run_is_a_user_error_naming_it(tmp_path, seed, capsys):
+    results = tmp_path / "results"
+    write_results_tree(results, seed=seed, layout={"digits_mlp": ("sgd", "adam")}, seeds=(0,))
+    layout = {"digits_mlp": ("sgd", "adam", "cauchy")}  # cauchy never ran, seed 1 neither
+    params = write_params(tmp_path / "params.yaml", layout=layout, seeds=(0, 1))
+    assert run(aggregate.main, ["--results", str(results), "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert ": error: " in err and "Traceback" not in err
+    missing = (
+        "digits_mlp/adam/1",
+        "digits_mlp/cauchy/0",
+        "digits_mlp/cauchy/1",
+        "digits_mlp/sgd/1",
+    )
+    assert all(cell in err for cell in missing), err
+    assert "digits_mlp/sgd/0" not in err
+    assert sorted(p.name for p in (results / "default").iterdir()) == ["runs"]
+
+
+def _cut_mid_row(path: Path) -> None:
+    """The last line of ``path`` cut in its middle, as by a writer killed while writing it."""
+    text = path.read_text()
+    last = text.rstrip("\n").rsplit("\n", 1)[1]
+    path.write_text(text[: len(text) - len(last) // 2 - 1])
+
+
+def _drop_last_fields(path: Path) -> None:
+    """The last line of ``path`` with only its first 3 fields (then a newline)."""
+    lines = path.read_text().splitlines()
+    lines[-1] = ",".join(lines[-1].split(",")[:3])
+    path.write_text("\n".join(lines) + "\n")
+
+
+CUTS = {
+    "history_mid_row": ("history.csv", _cut_mid_row, "newline"),
+    "history_no_final_newline": (
+        "history.csv",
+        lambda path: path.write_text(path.read_text()[:-1]),
+        "newline",
+    ),
+    "history_short_last_row": ("history.csv", _drop_last_fields, "3 fields, the header 8"),
+    "probe_short_last_row": ("probe.csv", _drop_last_fields, "3 fields, the header 7"),
+    "metrics_half_written": (
+        "metrics.json",
+        lambda path: path.write_text(path.read_text()[:100]),
+        "not complete JSON",
+    ),
+}
+
+
+@pytest.mark.parametrize("cut", sorted(CUTS))
+def test_a_file_cut_short_is_a_user_error_naming_it(tmp_path, seed, cut, capsys):
+    """A run file cut mid-row is refused, instead of a summary built from its partial row."""
+    results = tmp_path / "results"
+    write_results_tree(results, seed=seed, seeds=(0,))
+    name, damage, message = CUTS[cut]
+    path = results / "default" / "runs" / "digits_mlp" / "sgd" / "0" / name
+    damage(path)
+    params = write_params(tmp_path / "params.yaml", seeds=(0,))
+    assert run(aggregate.main, ["--results", str(results), "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert ": error: " in err and str(path) in err and message in err, err
+    assert "Traceback" not in err
     assert sorted(p.name for p in (results / "default").iterdir()) == ["runs"]
 
 

@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures_results import LAYOUT, PROBE_EXPECTED_PATTERN, write_params, write_results_tree
+from fixtures_results import (
+    LAYOUT,
+    PROBE_EXPECTED_PATTERN,
+    SEEDS,
+    write_params,
+    write_results_tree,
+)
 
 from bench import aggregate, report
 from bench.cli import run
@@ -40,7 +46,8 @@ def _seed() -> int:
 def _build(root: Path, params_probe=None, **tree) -> tuple[Path, Path, dict]:
     results, reports = root / "results", root / "reports"
     written = write_results_tree(results, seed=_seed(), **tree)
-    params = write_params(root / "params.yaml", probe_optimizers=params_probe)
+    cells = {"layout": tree.get("layout", LAYOUT), "seeds": tree.get("seeds", SEEDS)}
+    params = write_params(root / "params.yaml", probe_optimizers=params_probe, **cells)
     options = ["--profile", "default", "--params", str(params), "--results", str(results)]
     assert aggregate.main(options) == 0
     assert report.main([*options, "--reports", str(reports)]) == 0
@@ -149,22 +156,19 @@ def test_probe_sentence_names_the_over_and_under_stepped_subsets(built):
     assert "**kfac**: absent (not run on this problem)." in markdown
 
 
-def test_missing_pieces_are_reported_as_absent(tmp_path):
-    layout = {"digits_mlp": ("sgd", "adam", "partitioned_newton"), "mnist1d_mlp": ("sgd", "adam")}
+def test_missing_pieces_are_reported_as_absent(tmp_path, built):
+    layout = {"digits_mlp": ("sgd", "adam"), "mnist1d_mlp": ("sgd", "adam")}
     _, out, _ = _build(tmp_path, layout=layout, diverged=(), probe_optimizers=())
     markdown = (out / "report.md").read_text()
-    lenet = markdown.split("## Problem `mnist1d_mlp`", 1)[1].split("## Problem", 1)[0]
-    assert "Absent on this problem: partitioned_newton." in lenet
-    assert "Absent: no run on this problem has `diag/eta/<subset>` history columns." in lenet
-    assert "Absent: none of the ablation variants was run on this problem." in lenet
-    assert "Absent: no probe.csv on this problem." in markdown
-    assert "Absent variants: partitioned_newton_diag, partitioned_newton_order2, cauchy." in (
-        markdown
-    )
-    assert (
-        not (out / "figures" / "eta_mnist1d_mlp.png").exists()
-        and (out / "figures" / "eta_digits_mlp.png").exists()
-    )
+    for problem in layout:
+        part = markdown.split(f"## Problem `{problem}`", 1)[1].split("## Problem", 1)[0]
+        assert "Absent: no run on this problem has `diag/eta/<subset>` history columns." in part
+        assert "Absent: none of the ablation variants was run on this problem." in part
+        assert "Absent: no probe.csv on this problem." in part
+        assert not (out / "figures" / f"eta_{problem}.png").exists()
+    _, full, _ = built  # every ablation variant of params but partitioned_newton_order2
+    assert "Absent variants: partitioned_newton_order2." in (full / "report.md").read_text()
+    assert (full / "figures" / "eta_digits_mlp.png").exists()
 
 
 def test_all_seeds_diverged_is_shown_as_diverged(tmp_path):
@@ -198,9 +202,9 @@ def test_a_failing_report_leaves_the_previous_one_intact(tmp_path, monkeypatch):
 
 
 def test_report_without_summary_asks_for_the_aggregate_stage(tmp_path):
-    write_results_tree(tmp_path / "results", seed=_seed(), seeds=(0,))
+    written = write_results_tree(tmp_path / "results", seed=_seed(), seeds=(0,))
     with pytest.raises(UsageError, match="bench.aggregate"):
-        reporting.write_report(tmp_path / "results", tmp_path / "reports", "default", ())
+        reporting.write_report(tmp_path / "results", tmp_path / "reports", "default", written, ())
     assert not (tmp_path / "reports").exists()
 
 
@@ -211,15 +215,36 @@ def test_user_errors_exit_2_and_leave_the_report_as_it_was(tmp_path, capsys):
     argv = ["--params", str(params), "--results", str(results), "--reports", str(out.parent)]
     assert run(report.main, ["--profile", "paper", *argv]) == 2  # not params' profile
     assert "--profile 'paper' differs from profile 'default'" in capsys.readouterr().err
-    write_results_tree(results, seed=_seed(), layout={"digits_mlp": ("sgd",)}, seeds=(7,))
-    assert run(report.main, argv) == 2  # a run the summary does not list
-    assert "does not list the runs on disk" in capsys.readouterr().err
+    layout = {"digits_mlp": ("sgd", "adam")}
+    write_results_tree(results, seed=_seed(), layout=layout, seeds=(7,))
+    write_params(params, layout=layout, seeds=(*SEEDS, 7))  # a params cell the summary lacks
+    assert run(report.main, argv) == 2
+    assert "does not list the runs of params' cells" in capsys.readouterr().err
     (results / "default" / "summary.csv").unlink()
     assert run(report.main, argv) == 2
     err = capsys.readouterr().err
     assert "summary.csv is missing" in err and "Traceback" not in err
     assert _files(out) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["default"]
+
+
+def test_the_report_reads_only_the_cells_of_params(tmp_path, capsys):
+    """Runs of no params cell (a removed optimizer section, a dropped seed) are not reported; a
+    params cell without its run is a user error naming it, the previous report left in place."""
+    layout = {"digits_mlp": ("sgd", "adam")}
+    results, out, _ = _build(tmp_path, layout=layout, seeds=(0, 1), diverged=())
+    params = write_params(tmp_path / "params.yaml", layout={"digits_mlp": ("sgd",)}, seeds=(1,))
+    argv = ["--params", str(params), "--results", str(results), "--reports", str(out.parent)]
+    assert aggregate.main(argv[:4]) == 0 and report.main(argv) == 0
+    markdown = (out / "report.md").read_text()
+    assert "1 runs; problems: digits_mlp; optimizers: sgd." in markdown
+    assert "adam" not in (out / "headline.md").read_text()
+    before = _files(out)
+    write_params(params, layout={"digits_mlp": ("sgd", "cauchy")}, seeds=(1,))
+    assert run(report.main, argv) == 2
+    err = capsys.readouterr().err
+    assert "digits_mlp/cauchy/1" in err and "Traceback" not in err
+    assert _files(out) == before
 
 
 def test_probe_sentences_follow_params_probe_optimizers(tmp_path):

@@ -1,7 +1,8 @@
 """What the pipeline reads back: the aggregate's statistics, the report, its figures, the README.
 
 - :mod:`~bench.reporting.runs`: one run folder → :class:`~bench.reporting.runs.Run` (the run
-  record of :mod:`bench.schema`, checked);
+  record of :mod:`bench.schema`, checked), read for exactly params' cells (problems × optimizers
+  × seeds);
 - :mod:`~bench.reporting.summary`: the aggregate (tidy ``summary.csv``, ``summary.json``, the
   training-loss target, Student-t intervals);
 - :mod:`~bench.reporting.tables`: formatting, the headline table and the report's tables;

@@ -7,9 +7,10 @@ built in a staging directory next to it and swapped in only when complete
 (:func:`bench.io.write_dir_atomic`), so a failing report leaves the previous one in place; its
 inputs are checked before anything is written.
 
-Reads ``summary.csv`` (written by the aggregate) for every number in the tables and the runs
-(history.csv, probe.csv, metrics.json provenance) for the figures. Absent pieces (an optimizer not
-run on a problem, no probe data, no η_s diagnostics) are stated as absent.
+Reads ``summary.csv`` (written by the aggregate) for every number in the tables and the runs of
+params' cells (problems × optimizers × seeds: history.csv, probe.csv, metrics.json provenance)
+for the figures. Absent pieces (a probed or ablation optimizer without runs, no probe data, no η_s
+diagnostics) are stated as absent.
 
 The report is a list of :class:`~bench.reporting.document.Section`: intro, headline, one per
 problem (final metrics, time to target, then one per :data:`FIGURES_OF_A_PROBLEM` entry, whose
@@ -18,7 +19,7 @@ own ``details`` add what belongs under that figure), invariance, timing, provena
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from bench.errors import UsageError
 from bench.io import write_dir_atomic
 from bench.reporting import figures, invariance_section, summary, tables, timing_section
 from bench.reporting.document import Block, Document, Image, Paragraph, Section, Table
-from bench.reporting.runs import Run, load_runs
+from bench.reporting.runs import Cell, Run, load_runs
 
 FIGURES = "figures"  # subdirectory of reports/<profile>/ holding every PNG (dvc.yaml plots)
 REPORT_MD, INDEX_HTML, HEADLINE_MD = "report.md", "index.html", tables.HEADLINE_MD
@@ -53,16 +54,21 @@ class Inputs:
         return sorted({run.problem for run in self.runs})
 
 
-def load_inputs(results: Path, profile: str, probe_optimizers: Sequence[str]) -> Inputs:
-    """summary.csv and the runs of ``profile``; UsageError when either is missing or stale."""
+def load_inputs(
+    results: Path, profile: str, cells: Iterable[Cell], probe_optimizers: Sequence[str]
+) -> Inputs:
+    """summary.csv and the runs of ``cells`` (params' problems × optimizers × seeds) of
+    ``profile``; UsageError when a run is missing or summary.csv is missing or lists other runs."""
     summary_path, _ = layout.summary_paths(profile, results)
     if not summary_path.is_file():
         raise UsageError(f"{summary_path} is missing: run `python -m bench.aggregate` first")
     table = pd.read_csv(summary_path)
-    runs = load_runs(layout.runs_dir(profile, results))
+    runs = load_runs(results, profile, cells)
     in_summary = set(table[summary.RUN_KEY].itertuples(index=False, name=None))
     if in_summary != {(run.problem, run.optimizer, run.seed) for run in runs}:
-        raise UsageError(f"{summary_path} does not list the runs on disk: rerun bench.aggregate")
+        raise UsageError(
+            f"{summary_path} does not list the runs of params' cells: rerun bench.aggregate"
+        )
     return Inputs(profile, table, runs, tuple(probe_optimizers))
 
 
@@ -157,7 +163,6 @@ def problem_section(inputs: Inputs, name: str, stats: pd.DataFrame, figures_dir:
         palette=figures.colors(inputs.optimizers),
         note=tables.regenerate_note(runs),
     )
-    absent = [o for o in inputs.optimizers if o not in present]
     final = Section(
         "Final metrics",
         (
@@ -178,9 +183,7 @@ def problem_section(inputs: Inputs, name: str, stats: pd.DataFrame, figures_dir:
         level=3,
     )
     figure_sections = tuple(spec.section(problem, figures_dir) for spec in FIGURES_OF_A_PROBLEM)
-    intro = f"Optimizers run: {', '.join(present)}." + (
-        f" Absent on this problem: {', '.join(absent)}." if absent else ""
-    )
+    intro = f"Optimizers run: {', '.join(present)}."  # every optimizer of params (its cells)
     return Section(f"Problem `{name}`", (Paragraph(intro),), (final, to_target, *figure_sections))
 
 
@@ -255,10 +258,15 @@ def build_report(inputs: Inputs, results: Path, out_dir: Path) -> Document:
 
 
 def write_report(
-    results: Path, reports: Path, profile: str, probe_optimizers: Sequence[str]
+    results: Path,
+    reports: Path,
+    profile: str,
+    cells: Iterable[Cell],
+    probe_optimizers: Sequence[str],
 ) -> Path:
-    """Check the inputs, build the report in a staging directory beside ``reports/<profile>``
-    and swap it in when complete; return ``reports/<profile>``."""
-    inputs = load_inputs(Path(results), profile, probe_optimizers)
+    """Check the inputs (the runs of ``cells``, :func:`~bench.reporting.runs.params_cells`),
+    build the report in a staging directory beside ``reports/<profile>`` and swap it in when
+    complete; return ``reports/<profile>``."""
+    inputs = load_inputs(Path(results), profile, cells, probe_optimizers)
     target = layout.report_dir(profile, reports)
     return write_dir_atomic(target, lambda staging: build_report(inputs, Path(results), staging))

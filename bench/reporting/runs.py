@@ -3,13 +3,21 @@
 A run folder holds ``metrics.json``, ``history.csv`` and, for the probed optimizers,
 ``probe.csv``, with the keys and columns of :mod:`bench.schema`. :func:`load_run` checks a folder
 against that contract (required keys and columns, the cell named by the path, accuracies as
-fractions); a folder that breaks it is a :class:`~bench.errors.UsageError` naming the file.
+fractions, CSV files not cut mid-row, metrics.json complete); a folder that breaks it is a
+:class:`~bench.errors.UsageError` naming the file.
+
+:func:`load_runs` reads exactly the cells params.yaml defines (``problems × optimizers × seeds``,
+:func:`params_cells`): a folder under ``runs/`` that is no cell of params (a seed or an optimizer
+section since removed) is not read, and a cell without its folder is a UsageError naming it.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench import schema
+from bench import layout, schema
+from bench.config import Config
 from bench.errors import UsageError
 from bench.schema import OPTIMIZER, PROBLEM, PROVENANCE, SEED
 
@@ -25,6 +34,7 @@ HISTORY_COLUMNS = schema.history_columns(schema.TEST_SPLIT)  # what a training r
 TEST_LOSS = schema.loss_column(schema.TEST_SPLIT)
 TEST_ACCURACY = schema.accuracy_column(schema.TEST_SPLIT)
 METRICS_FILE, HISTORY_FILE, PROBE_FILE = "metrics.json", "history.csv", "probe.csv"
+Cell = tuple[str, str, int]  # (problem, optimizer, seed)
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,10 @@ def _check_accuracy(values: Any, where: str) -> None:
 def _read_metrics(path: Path) -> dict[str, Any]:
     """metrics.json of the run folder ``path``, checked: keys present, the cell the path names."""
     metrics_path = path / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text())
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{metrics_path} is not complete JSON ({error}): rerun its cell") from None
     required = (PROBLEM, OPTIMIZER, SEED, *schema.METRICS_FROM_JSON)
     missing = [key for key in required if key not in metrics]
     if missing:
@@ -84,6 +97,25 @@ def _read_metrics(path: Path) -> dict[str, Any]:
     return metrics
 
 
+def read_csv_file(path: Path) -> pd.DataFrame:
+    """A CSV file of a run, refused (UsageError naming it) when it is cut short: empty, not
+    ending with a newline, or a last line with fewer fields than the header (a writer killed
+    mid-row; pandas would fill the missing fields with NaN and a summary would use them)."""
+    text = path.read_text()
+    lines = text.rstrip("\r\n").splitlines()
+    if not lines:
+        raise UsageError(f"{path} is empty: rerun its cell")
+    if not text.endswith("\n"):
+        raise UsageError(f"{path} does not end with a newline (cut mid-row): rerun its cell")
+    header, last = (next(csv.reader([line]), []) for line in (lines[0], lines[-1]))
+    if len(last) < len(header):
+        raise UsageError(
+            f"{path}: the last line has {len(last)} fields, the header {len(header)} "
+            "(cut mid-row): rerun its cell"
+        )
+    return pd.read_csv(io.StringIO(text))
+
+
 def load_run(path: Path) -> Run:
     """Read one ``runs/<problem>/<optimizer>/<seed>`` directory, checked against the contract."""
     path = Path(path)
@@ -92,24 +124,47 @@ def load_run(path: Path) -> Run:
             raise UsageError(f"run {path} has no {required.name}")
     metrics = _read_metrics(path)
     history_path = path / HISTORY_FILE
-    history = pd.read_csv(history_path)
+    history = read_csv_file(history_path)
     missing = [column for column in HISTORY_COLUMNS if column not in history.columns]
     if missing:
         raise UsageError(f"{history_path} lacks the columns {missing}")
     _check_accuracy(history[TEST_ACCURACY], str(history_path))
     probe_path = path / PROBE_FILE
-    probe = pd.read_csv(probe_path) if probe_path.is_file() else None
+    probe = read_csv_file(probe_path) if probe_path.is_file() else None
     cell = (metrics[PROBLEM], metrics[OPTIMIZER], metrics[SEED])
     return Run(*cell, path, metrics, history, probe)
 
 
-def load_runs(runs_dir: Path) -> list[Run]:
-    """Every run under ``runs_dir`` (``results/<profile>/runs``), sorted by cell."""
-    runs_dir = Path(runs_dir)
+def params_cells(config: Config) -> list[Cell]:
+    """The cells params.yaml defines, as the train stage's matrix: problems × optimizers × seeds."""
+    return [
+        (problem, optimizer, seed)
+        for problem in config.problems
+        for optimizer in config.optimizers
+        for seed in config.seeds
+    ]
+
+
+def _cell_name(cell: Cell) -> str:
+    return "/".join(map(str, cell))
+
+
+def load_runs(results: Path, profile: str, cells: Iterable[Cell]) -> list[Run]:
+    """The runs of ``cells`` under ``results/<profile>/runs``, sorted by cell; only these folders
+    are read. A cell without its folder is a UsageError naming it (and the others missing)."""
+    runs_dir = layout.runs_dir(profile, results)
     if not runs_dir.is_dir():
         raise UsageError(f"no runs directory {runs_dir} (has the train stage run?)")
-    paths = sorted(p.parent for p in runs_dir.glob(f"*/*/*/{METRICS_FILE}"))
-    if not paths:
-        raise UsageError(f"no run (…/<problem>/<optimizer>/<seed>/{METRICS_FILE}) under {runs_dir}")
-    runs = [load_run(path) for path in paths]
-    return sorted(runs, key=lambda r: (r.problem, r.optimizer, r.seed))
+    cells = sorted(set(cells))
+    paths = {cell: layout.run_dir(profile, *cell, results) for cell in cells}
+    missing = [_cell_name(cell) for cell, path in paths.items() if not path.is_dir()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise UsageError(
+            f"no run directory under {runs_dir} for the params cell(s) "
+            f"<problem>/<optimizer>/<seed> {shown} (problems × optimizers × seeds of params): "
+            "run the train stage"
+        )
+    return [load_run(paths[cell]) for cell in cells]

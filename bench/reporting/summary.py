@@ -1,7 +1,9 @@
 """The aggregate: every run of a profile → one tidy table and the headline metrics.
 
 Reads ``results/<profile>/runs/<problem>/<optimizer>/<seed>/{metrics.json, history.csv}`` (and
-``probe.csv`` when present; :mod:`bench.reporting.runs`) and writes, atomically:
+``probe.csv`` when present; :mod:`bench.reporting.runs`) of exactly the cells params defines
+(problems × optimizers × seeds: a folder of no cell is not read, a cell without one is an error)
+and writes, atomically:
 
 - ``results/<profile>/summary.csv``: tidy, one row per (problem, optimizer, seed, metric) with
   the columns :data:`bench.schema.SUMMARY_COLUMNS` and the metrics of :data:`RUN_METRICS`;
@@ -27,7 +29,7 @@ Rules (the report repeats them):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +39,7 @@ from scipy import stats as scipy_stats
 from bench import layout, schema
 from bench.errors import UsageError
 from bench.io import write_csv_atomic, write_json_atomic
-from bench.reporting.runs import Run, as_float, load_runs
+from bench.reporting.runs import Cell, Run, as_float, load_runs
 
 PROBLEM, OPTIMIZER, SEED, METRIC, VALUE = schema.SUMMARY_COLUMNS
 CELL = [PROBLEM, OPTIMIZER]
@@ -215,13 +217,17 @@ def summary_json(table: pd.DataFrame) -> dict[str, dict[str, dict[str, float | i
 
 
 def aggregate(
-    results: Path, profile: str, fixed_targets: Mapping[str, float] | None = None
+    results: Path,
+    profile: str,
+    cells: Iterable[Cell],
+    fixed_targets: Mapping[str, float] | None = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """Load the runs of ``profile``, write summary.csv and summary.json; return both.
+    """Load the runs of ``cells`` (params' problems × optimizers × seeds, :func:`params_cells`)
+    of ``profile``, write summary.csv and summary.json; return both.
 
     Everything is computed (and every input checked) before either file is written.
     """
-    runs = load_runs(layout.runs_dir(profile, results))
+    runs = load_runs(results, profile, cells)
     table = summary_table(runs, train_loss_targets(runs, fixed_targets))
     headline = summary_json(statistics(table))
     csv_path, json_path = layout.summary_paths(profile, results)
