@@ -10,16 +10,14 @@ the cells ``problems × optimizers × seeds`` (exactly those runs; a missing one
 from __future__ import annotations
 
 from bench import layout
-from bench.cli import ArgumentParser, run
-from bench.reporting import options, runs, summary
+from bench.cli import run, stage_config, stage_parser
+from bench.reporting import runs, summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
-    options.add_arguments(parser)
-    args = parser.parse_args(argv)
-    config = options.stage_config(args)
-    results = config.project_path(args.results, layout.RESULTS)
+    args = stage_parser(__doc__.splitlines()[0], profile=True).parse_args(argv)
+    config = stage_config(args)
+    results = args.results
     cells = runs.params_cells(config)
     table, headline = summary.aggregate(
         results, config.profile, cells, config.aggregate.train_loss_target

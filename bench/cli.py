@@ -16,8 +16,13 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench.errors import UserError
+from bench.errors import UsageError, UserError
+
+if TYPE_CHECKING:
+    from bench.config import Config
 
 EXIT_USAGE = 2
 
@@ -48,3 +53,38 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("prog", program_name())
         super().__init__(*args, **kwargs)
+
+
+def stage_parser(
+    description: str, *, profile: bool = False, reports: bool = False
+) -> ArgumentParser:
+    """The options every stage shares: ``--params`` (default params.yaml) and ``--results``;
+    with ``profile``, ``--profile`` (checked against the params'), with ``reports``,
+    ``--reports``. The folders default to the params file's project (see :func:`stage_config`)."""
+    parser = ArgumentParser(description=description)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    parser.add_argument("--results", type=Path, default=None, help="default: <project>/results")
+    if profile:
+        parser.add_argument("--profile", help="check that params' profile is this one")
+    if reports:
+        parser.add_argument("--reports", type=Path, default=None, help="default: <project>/reports")
+    return parser
+
+
+def stage_config(args: argparse.Namespace) -> Config:
+    """The whole params file of ``args.params`` (:func:`bench.config.load_pipeline_config`);
+    ``args.results`` (and ``args.reports``) resolved in the params file's project when not
+    given; a ``--profile`` other than the params' is a :class:`~bench.errors.UsageError`."""
+    from bench import layout
+    from bench.config import load_pipeline_config
+
+    config = load_pipeline_config(args.params)
+    given = getattr(args, "profile", None)
+    if given is not None and given != config.profile:
+        raise UsageError(
+            f"--profile {given!r} differs from profile {config.profile!r} in {args.params}"
+        )
+    args.results = config.project_path(args.results, layout.RESULTS)
+    if hasattr(args, "reports"):
+        args.reports = config.project_path(args.reports, layout.REPORTS)
+    return config

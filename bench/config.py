@@ -116,6 +116,11 @@ def _at_most(key: str, value: float | None, high: float) -> None:
         raise FieldError(key, f"expected at most {high:g}, got {value!r}")
 
 
+def _bounded(key: str, value: float | None, high: float) -> None:
+    _positive(key, value)
+    _at_most(key, value, high)
+
+
 def _seed(key: str, value: int) -> None:
     if not 0 <= value <= SEED_MAX:
         raise FieldError(key, f"expected a seed in [0, 2**32 - 1], got {value!r}")
@@ -178,8 +183,7 @@ class PlateauConfig(_Section):
 
     def check(self) -> None:
         _positive("threshold", self.threshold, strict=False)
-        _positive("patience", self.patience)
-        _at_most("patience", self.patience, EPOCHS_MAX)
+        _bounded("patience", self.patience, EPOCHS_MAX)
         _fraction("factor", self.factor, low_open=True, high_open=True)
 
 
@@ -192,10 +196,8 @@ class ProbeConfig(_Section):
     batch_size: int  # examples of the (unshuffled, cycled) probe batch
 
     def check(self) -> None:
-        _positive("every", self.every)
-        _at_most("every", self.every, STEPS_MAX)
-        _positive("batch_size", self.batch_size)
-        _at_most("batch_size", self.batch_size, BATCH_MAX)
+        _bounded("every", self.every, STEPS_MAX)
+        _bounded("batch_size", self.batch_size, BATCH_MAX)
 
 
 @dataclass(frozen=True)
@@ -367,10 +369,8 @@ class TimingConfig(_Section):
     scaling: ScalingConfig
 
     def check(self) -> None:
-        _positive("period", self.period)
-        _at_most("period", self.period, STEPS_MAX)
-        _positive("rounds", self.rounds)
-        _at_most("rounds", self.rounds, ROUNDS_MAX)
+        _bounded("period", self.period, STEPS_MAX)
+        _bounded("rounds", self.rounds, ROUNDS_MAX)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.cli import ArgumentParser, run
-from bench.config import Config, load_pipeline_config
+from bench.cli import run, stage_config, stage_parser
+from bench.config import Config
 from bench.errors import UsageError
 from bench.io import write_dir_atomic
 
@@ -70,13 +70,9 @@ def prepare(config: Config, *, results: str | Path = "results") -> dict[str, Pat
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--results", type=Path, default=None, help="default: <project>/results")
-    args = parser.parse_args(argv)
-    config = load_pipeline_config(args.params)
-    results = config.project_path(args.results, "results")
-    for name, path in prepare(config, results=results).items():
+    args = stage_parser(__doc__.splitlines()[0]).parse_args(argv)
+    config = stage_config(args)
+    for name, path in prepare(config, results=args.results).items():
         print(f"prepare: {name} → {path}")
     return 0
 

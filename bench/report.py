@@ -10,21 +10,16 @@ The sections, tables and figures are :mod:`bench.reporting.report`'s. Reads para
 
 from __future__ import annotations
 
-from bench import layout
-from bench.cli import ArgumentParser, run
-from bench.reporting import options, report, runs
+from bench.cli import run, stage_config, stage_parser
+from bench.reporting import report, runs
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
-    options.add_arguments(parser, reports=True)
-    args = parser.parse_args(argv)
-    config = options.stage_config(args)
-    results = config.project_path(args.results, layout.RESULTS)
-    reports = config.project_path(args.reports, layout.REPORTS)
+    args = stage_parser(__doc__.splitlines()[0], profile=True, reports=True).parse_args(argv)
+    config = stage_config(args)
     cells = runs.params_cells(config)
     target = report.write_report(
-        results, reports, config.profile, cells, config.train.probe.optimizers
+        args.results, args.reports, config.profile, cells, config.train.probe.optimizers
     )
     print(f"report: {target / report.REPORT_MD}, {target / report.INDEX_HTML}")
     return 0

@@ -15,11 +15,9 @@ validates the whole file before it writes anything.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from bench import layout
-from bench.cli import ArgumentParser, run
-from bench.config import load_pipeline_config
+from bench.cli import run, stage_config, stage_parser
 from bench.io import write_bytes_atomic
 
 MARKER = "params.valid"
@@ -27,13 +25,9 @@ CONTENT = b"params.yaml is valid (bench/validate.py); this file is the same for 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--results", type=Path, default=None, help="default: <project>/results")
-    args = parser.parse_args(argv)
-    config = load_pipeline_config(args.params)
-    results = config.project_path(args.results, layout.RESULTS)
-    marker = layout.results_dir(config.profile, results) / MARKER
+    args = stage_parser(__doc__.splitlines()[0]).parse_args(argv)
+    config = stage_config(args)
+    marker = layout.results_dir(config.profile, args.results) / MARKER
     write_bytes_atomic(marker, CONTENT)
     print(f"validate: {args.params} is valid → {marker}")
     return 0

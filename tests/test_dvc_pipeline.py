@@ -59,7 +59,8 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def import_closure(module: str) -> set[Path]:
-    """Files of every project module ``module`` imports, transitively, with parent packages."""
+    """Files of every project module ``module`` imports, transitively, with parent packages,
+    and the package data (``*.json`` beside them, e.g. optimizers/search_spaces.json)."""
     seen: set[Path] = set()
     pending = [module]
     while pending:
@@ -70,7 +71,7 @@ def import_closure(module: str) -> set[Path]:
             if path is not None and path not in seen:
                 seen.add(path)
                 pending.extend(_imported_modules(path))
-    return seen
+    return seen | {data for path in seen for data in path.parent.glob("*.json")}
 
 
 def _stages() -> dict[str, dict]:

@@ -10,7 +10,6 @@
 - :mod:`~bench.reporting.figures`, :mod:`~bench.reporting.invariance_section`,
   :mod:`~bench.reporting.timing_section`: the figures and the two studies' sections;
 - :mod:`~bench.reporting.report`: the report's sections, assembled and written atomically;
-- :mod:`~bench.reporting.options`: the options and params check of the two stages;
 - :mod:`~bench.reporting.readme`: ``python -m bench.reporting.readme`` refreshes the README's
   generated blocks.
 

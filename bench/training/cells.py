@@ -183,20 +183,16 @@ def cell_arguments(
 ) -> tuple[argparse.Namespace, Config]:
     """The command line of a per-cell stage (train: with ``--seed``; tune: without), its
     validated config, the cell checked and torch set up (threads, determinism) from the config."""
-    from bench.cli import ArgumentParser
-    from bench.config import load_pipeline_config
+    from bench.cli import stage_config, stage_parser
     from bench.training.runs import setup_torch
 
-    parser = ArgumentParser(description=description)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--results", type=Path, default=None, help="default: <project>/results")
+    parser = stage_parser(description)
     parser.add_argument("--problem", required=True)
     parser.add_argument("--optimizer", required=True)
     if seed:
         parser.add_argument("--seed", type=int, required=True)
     args = parser.parse_args(argv)
-    config = load_pipeline_config(args.params)
-    args.results = config.project_path(args.results, "results")
+    config = stage_config(args)
     check_cell(config, args.problem, args.optimizer, args.seed if seed else None)
     setup_torch(config.train.threads, config.train.deterministic)
     return args, config
