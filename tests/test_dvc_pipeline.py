@@ -10,68 +10,20 @@
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bench import sources
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("bench", "optimizers")
-
-
-def _module_file(module: str) -> Path | None:
-    """The file of a project module (``bench.training.loop`` → bench/training/loop.py)."""
-    if module.split(".")[0] not in PACKAGES:
-        return None
-    base = ROOT.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _imported_modules(path: Path) -> set[str]:
-    """Project modules named by the import statements of ``path`` (anywhere in it)."""
-    package = _module_name(path)
-    if path.name != "__init__.py":
-        package = package.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                anchor = package.split(".")
-                anchor = anchor[: len(anchor) - (node.level - 1)]
-                base = ".".join(anchor + ([node.module] if node.module else []))
-            else:
-                base = node.module or ""
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)  # submodules
-    return {name for name in found if _module_file(name) is not None}
 
 
 def import_closure(module: str) -> set[Path]:
-    """Files of every project module ``module`` imports, transitively, with parent packages,
-    and the package data (``*.json`` beside them, e.g. optimizers/search_spaces.json)."""
-    seen: set[Path] = set()
-    pending = [module]
-    while pending:
-        name = pending.pop()
-        parts = name.split(".")
-        for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__, a/b/__init__
-            path = _module_file(".".join(parts[:depth]))
-            if path is not None and path not in seen:
-                seen.add(path)
-                pending.extend(_imported_modules(path))
-    return seen | {data for path in seen for data in path.parent.glob("*.json")}
+    """The files ``module`` imports (bench.sources: the resolver the checkpoints use too)."""
+    return sources.import_closure(module, ROOT)
 
 
 def _stages() -> dict[str, dict]:

@@ -396,6 +396,71 @@ def test_killed_train_cell_resumes_bitwise(tiny, optimizer, tmp_path):
     )
 
 
+MY_SGD = """import torch
+
+
+class MySGD(torch.optim.SGD):
+    STEP_SCALE = {scale}
+
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-group["lr"] * self.STEP_SCALE)
+        return loss
+"""
+
+
+@pytest.mark.parametrize("edit", [False, True])
+def test_a_checkpoint_made_by_other_code_is_not_resumed(tmp_path, monkeypatch, capsys, edit):
+    """Kill a cell of a user's optimizer (its module inside the project), change the module's
+    step, rerun: the checkpoint of the old code is ignored and the run starts over (issue #14:
+    it resumed from epoch 28 and reported a loss the new code never produces)."""
+    from bench.config import load_pipeline_config
+    from bench.prepare import prepare
+    from bench.train import train_cell
+    from bench.tune import tune_cell
+
+    project = tmp_path / "project"
+    project.mkdir()
+    module = project / f"mysgd_{edit:d}_{tmp_path.name.replace('-', '_')}.py"
+    module.write_text(MY_SGD.format(scale=1.0))
+    monkeypatch.syspath_prepend(str(project))
+    params = tiny_params(tmp_path)
+    params["optimizers"] = {
+        "mysgd": {
+            "register": {
+                "torch_optimizer": f"{module.stem}.MySGD",
+                "defaults": {"lr": 0.1},
+                "lr_grid": [0.1],
+            }
+        }
+    }
+    params["train"]["probe"]["optimizers"] = []
+    config = load_pipeline_config(write_params(project / "params.yaml", params))
+    results = project / "results"
+    prepare(config, results=results)
+    tune_cell(config, "digits_mlp", "mysgd", results=results)
+
+    def kill(epoch):
+        raise KeyboardInterrupt(f"killed after epoch {epoch}")
+
+    with pytest.raises(KeyboardInterrupt):
+        train_cell(config, "digits_mlp", "mysgd", 0, results=results, on_epoch_end=kill)
+    assert config.checkpoint_path("digits_mlp", "mysgd", 0).is_file()
+    if edit:
+        module.write_text(MY_SGD.format(scale=0.5))  # a different step, same params
+    capsys.readouterr()
+    metrics = train_cell(config, "digits_mlp", "mysgd", 0, results=results)
+    if edit:
+        assert metrics["resumed_from_epoch"] is None
+        assert "belongs to other settings or code" in capsys.readouterr().err
+    else:
+        assert metrics["resumed_from_epoch"] == 1
+
+
 # --------------------------------------------------------------------------- io and provenance
 def test_atomic_json_keeps_the_previous_file_when_writing_fails(tmp_path):
     from bench.io import read_json, write_json_atomic

@@ -25,6 +25,7 @@ from bench.config import Config, resolve_device
 from bench.errors import UsageError
 from bench.io import read_json, write_dir_atomic, write_json_atomic, write_rows_csv_atomic
 from bench.provenance import params_hash, provenance
+from bench.sources import code_digest, optimizer_sources
 from bench.training.loop import RunResult, run_training
 from bench.training.runs import RunSettings, build_run
 
@@ -156,10 +157,14 @@ def train_cell(
         seed=seed, batch_size=settings.batch_size, device=device,
     )  # fmt: skip
     checkpoint = config.checkpoint_path(problem_name, optimizer_name, seed)
+    # A checkpoint resumes only under the same params *and* code (the stage's, the plugins', a
+    # registered optimizer's module): a run never continues with a step other than its own.
+    code = code_digest(optimizer_sources(config, optimizer_name, "bench.train"), config.root)
     result = run_training(
         inputs.model, inputs.optimizer, inputs.batches, inputs.train_split, inputs.test_split,
         seed=seed, settings=settings, loss=inputs.loss, eval_name=schema.TEST_SPLIT,
-        checkpoint=checkpoint, fingerprint=params_hash(params), on_epoch_end=on_epoch_end,
+        checkpoint=checkpoint, fingerprint=params_hash({**params, "code": code}),
+        on_epoch_end=on_epoch_end,
         description=f"{problem_name}/{optimizer_name}/{seed}",
     )  # fmt: skip
     record = provenance(

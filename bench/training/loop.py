@@ -109,7 +109,7 @@ def load_checkpoint(path: Path | None, fingerprint: str) -> dict[str, Any] | Non
         print(f"ignoring checkpoint {path}: not a checkpoint of this loop", file=sys.stderr)
         return None
     if state.get("fingerprint") != fingerprint:
-        print(f"ignoring checkpoint {path}: it belongs to other settings", file=sys.stderr)
+        print(f"ignoring checkpoint {path}: it belongs to other settings or code", file=sys.stderr)
         return None
     missing = [key for key in CHECKPOINT_KEYS if key not in state]
     if missing:
