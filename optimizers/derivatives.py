@@ -90,7 +90,7 @@ def projected_derivatives(
         Cost grows with S, never with P² or P³. Because of the pruning a pass is cheaper than a
         Hessian-vector product: on CPU (batch 100, one thread) the order-3 diagonal costs about
         7–8 gradient-equivalents at S = 8–10 and ~45 at S = 42 (20-layer MLP), 0.3–0.5 × the
-        nested reverse passes w.r.t. θ of METHOD.md §2 (bench/derivative_cost.py). Pass
+        nested reverse passes w.r.t. θ of METHOD.md §2 (bench/studies/derivative_cost.py). Pass
         costs depend on the order of ``groups``: list the subsets from input to output (as
         :mod:`optimizers.partition` does), since rows then differentiate towards later
         layers; the reversed order measured ~2× slower. Other exact routes measured slower on

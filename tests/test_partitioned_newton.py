@@ -574,7 +574,8 @@ def test_paper_mlp_trains_on_embedded_mnist(seed):
     MNIST images, 80 steps of batch 100 with curvature on separate batches, cuts the training
     loss below a quarter of its initial value (measured: 5-7% over seeds 0-2). It does not
     assert "below SGD's": tuned SGD goes lower at equal steps on this model. `python -m
-    bench.smoke_study` (results/smoke_study.json, README "Against tuned SGD at equal steps"):
+    bench.studies.smoke_study` (results/smoke_study.json, README "Against tuned SGD at equal
+    steps"):
     best SGD of 6 learning rates 0.073, best of ours over 16 configurations 0.090 at 80 steps.
     The digits test above is where ours beats SGD."""
     from bench.data import load_arrays

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from test_stages import tiny_params, write_params
 
@@ -136,3 +137,66 @@ def test_invalid_params_never_remove_or_change_results(tmp_path):
     _run([dvc, "repro"], repo, env)  # only the validate stage reruns; same marker
     assert _snapshot(repo) == before
     assert json.loads(_run([dvc, "status", "--json"], repo, env)) == {}
+
+
+def _values(repo: Path) -> dict[str, object]:
+    """Every number of a tiny run's results, wall-clock and provenance aside."""
+    import pandas as pd
+
+    base = repo / "results" / "tiny"
+    values: dict[str, object] = {}
+    for path in sorted(base.rglob("*")):
+        name = str(path.relative_to(base))
+        if not path.is_file() or name.startswith("timing/"):
+            continue
+        if path.suffix == ".json":
+            record = json.loads(path.read_text())
+            if isinstance(record, dict):
+                drop = ("provenance", "wall_clock", "resumed_from_epoch", "command")
+                record = {k: v for k, v in record.items() if k not in drop}
+            values[name] = json.dumps(record, sort_keys=True)
+        elif path.suffix == ".csv":
+            frame = pd.read_csv(path)
+            if "metric" in frame.columns:
+                frame = frame[~frame["metric"].str.contains("wall_clock|seconds")]
+            values[name] = frame.drop(columns=["wall_clock"], errors="ignore").to_csv()
+    return values
+
+
+def _main_job(repo: Path, env: dict) -> None:
+    """What `make repro` runs (its recipe, without the venv set-up)."""
+    dvc = str(Path(sys.executable).parent / "dvc")
+    _run([sys.executable, "-m", "bench.lockfile", "guard"], repo, env)
+    _run([dvc, "repro"], repo, env)
+    _run([sys.executable, "-m", "bench.lockfile", "save"], repo, env)
+
+
+@pytest.mark.slow
+def test_killed_repro_and_broken_lock_recover_with_the_main_job(tmp_path):
+    """Kill `dvc repro` at several points, then leave dvc.lock empty and cut: each time the
+    main-job command alone finishes the pipeline, with the numbers of an uninterrupted run."""
+    import signal
+    import time
+
+    reference_repo, env = _repository(tmp_path / "reference")
+    _main_job(reference_repo, env)
+    reference = _values(reference_repo)
+    repo, env = _repository(tmp_path / "killed")
+    dvc = str(Path(sys.executable).parent / "dvc")
+    for seconds in (4, 12, 25):
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        process = subprocess.Popen(
+            [dvc, "repro"], cwd=repo, env=env, start_new_session=True, **quiet
+        )
+        time.sleep(seconds)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        _main_job(repo, env)
+        assert _values(repo) == reference, f"killed after {seconds} s"
+    lock = (repo / "dvc.lock").read_text()
+    for broken in ("", lock[: len(lock) // 2], lock[: lock.index("md5: ") + 12]):
+        (repo / "dvc.lock").write_text(broken)
+        _main_job(repo, env)
+        assert _values(repo) == reference
+        assert (repo / "dvc.lock").read_text() == lock
