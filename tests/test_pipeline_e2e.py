@@ -30,7 +30,7 @@ def _run(arguments: list[str], cwd: Path, env: dict) -> str:
 
 def _repository(tmp_path: Path) -> tuple[Path, dict]:
     repo = tmp_path / "repo"
-    repo.mkdir()
+    repo.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for package in ("bench", "optimizers"):
         shutil.copytree(ROOT / package, repo / package, ignore=ignore)

@@ -213,8 +213,9 @@ def readme_block(result: dict[str, object]) -> str:
     """The README's cost table, rendered from a stored result (never typed by hand)."""
     prov = result["provenance"]
     note = (
-        f"Measured by `{result['command']}` (`make derivative-cost`) at commit "
-        f"`{str(prov.get('git_commit', 'unknown'))[:12]}` on {prov.get('cpu', 'unknown CPU')}, "
+        f"Measured by `make derivative-cost` at commit "
+        f"`{str(prov.get('git_commit', 'unknown'))[:12]}` (that commit's command: "
+        f"`{result['command']}`) on {prov.get('cpu', 'unknown CPU')}, "
         f"{prov.get('threads')} thread(s), torch {prov.get('torch')}, batch "
         f"{result['settings']['batch_size']}; medians of interleaved rounds. "
         "The README block is refreshed from that file by `make readme`."

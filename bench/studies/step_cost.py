@@ -142,8 +142,9 @@ def readme_block(result: dict[str, Any]) -> str:
     ]
     prov = result["provenance"]
     note = (
-        f"Measured by `{result['command']}` (`make step-cost`) at commit "
-        f"`{str(prov.get('git_commit', 'unknown'))[:12]}` on {prov.get('cpu', 'unknown CPU')}, "
+        f"Measured by `make step-cost` at commit "
+        f"`{str(prov.get('git_commit', 'unknown'))[:12]}` (that commit's command: "
+        f"`{result['command']}`) on {prov.get('cpu', 'unknown CPU')}, "
         f"{prov.get('threads')} thread(s), torch {prov.get('torch')}, batch "
         f"{result['settings']['batch_size']}, T = {result['settings']['period']}; minima over "
         f"{result['settings']['repeats']} interleaved repetitions."
