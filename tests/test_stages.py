@@ -332,6 +332,7 @@ def test_tune_cell_writes_grid_best_and_protocol(tiny):
     usable = [r for r in output["grid"] if not r["diverged"]]
     assert output["best"]["lr"] == min(usable, key=lambda r: r["valid_loss"])["lr"]
     assert output["epochs"] == 1 and "validation split" in output["protocol"]
+    assert output["at_edge"] == (["lr"] if output["best"]["lr"] in (0.01, 0.1) else [])
     assert set(output["provenance"]) >= {"git_commit", "params_hash", "torch", "seed", "cpu"}
 
 
@@ -581,3 +582,12 @@ def test_tune_choice_ignores_diverged_runs():
     assert choose([row(0.1, 0.5), row(0.3, 0.01, True), row(0.03, 0.4)]) == (2, False)
     assert choose([row(0.1, 0.5), row(0.3, math.nan), row(0.03, 0.5)]) == (0, False)  # tie: first
     assert choose([row(0.1, math.inf, True), row(0.03, math.nan, True)]) == (1, True)
+
+
+def test_at_edge_names_the_axes_whose_choice_ends_its_grid():
+    from bench.training.tuning import at_edge
+
+    axes = {"lr": [0.1, 0.01, 1.0], "damping": [0.03, 0.1, 0.3], "momentum": [0.9]}
+    assert at_edge(axes, {"lr": 0.1, "damping": 0.1, "momentum": 0.9}) == []
+    assert at_edge(axes, {"lr": 1.0, "damping": 0.03, "momentum": 0.9}) == ["lr", "damping"]
+    assert at_edge(axes, {"lr": 0.01, "damping": 0.1, "momentum": 0.9}) == ["lr"]

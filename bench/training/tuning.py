@@ -8,6 +8,7 @@ set, else the registry spec's ``grid`` without the axes that params fix in
 
 Output: ``{"problem", "optimizer", "grid": [{<swept hyperparameters incl. lr>, "valid_loss",
 "valid_accuracy", "train_loss", "diverged"}, ...], "best": {hyperparameters incl. lr},
+"at_edge": [swept hyperparameters whose choice is the first or last of its grid],
 "all_diverged", "epochs", "protocol", "provenance"}``.
 """
 
@@ -65,6 +66,17 @@ def grid_points(config: Config, optimizer: str) -> list[dict[str, Any]]:
 def tune_epochs(config: Config, train_epochs: int) -> int:
     """max(1, ⌈epochs_fraction × training epochs⌉)."""
     return max(1, math.ceil(config.tune.epochs_fraction * train_epochs - 1e-9))
+
+
+def at_edge(axes: dict[str, list[Any]], best: dict[str, Any]) -> list[str]:
+    """The swept hyperparameters whose chosen value is the smallest or the largest of its grid
+    (a grid that does not bracket the optimum: widen it); axes of one value are not swept."""
+    edges = []
+    for axis, values in axes.items():
+        ordered = sorted(values)
+        if len(ordered) > 1 and best[axis] in (ordered[0], ordered[-1]):
+            edges.append(axis)
+    return edges
 
 
 def choose(rows: list[dict[str, Any]]) -> tuple[int, bool]:
@@ -139,6 +151,7 @@ def tune_cell(
         "optimizer": optimizer_name,
         "grid": rows,
         "best": points[chosen],
+        "at_edge": at_edge(axes, points[chosen]),
         "all_diverged": all_diverged,
         "epochs": settings.epochs,
         "protocol": protocol,
