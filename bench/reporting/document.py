@@ -5,6 +5,10 @@ nothing looks at a title to decide what to draw. A :class:`Document` is a title 
 sections. Blocks: :class:`Paragraph` (``note`` = small print), :class:`Table` (a DataFrame, cells
 as text), :class:`Image` (a PNG; in Markdown a path relative to the report folder, in HTML a
 base64 ``data:`` URI, so index.html references nothing outside itself).
+
+Every heading gets an anchor (:func:`slug`, GitHub's rule, so that the links work in the
+rendered report.md as in index.html, where it is the heading's ``id``); the document's
+:class:`Contents` (after the first section) links to every heading of levels 2 and 3.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import base64
 import html
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -31,16 +35,49 @@ def _inline(text: str) -> str:
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
 
 
+def slug(text: str) -> str:
+    """A heading's anchor as GitHub makes it: lower case, only letters, digits, ``_``, ``-``
+    and spaces kept, spaces → ``-`` (a repeated one gets ``-1``, ``-2``: :func:`anchored`)."""
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
 @dataclass(frozen=True)
 class Heading:
     level: int
     text: str
+    anchor: str = ""  # set by Document (unique in it)
 
     def markdown(self, root: Path | None) -> str:
         return "#" * self.level + " " + self.text
 
     def html(self) -> str:
-        return f"<h{self.level}>{_inline(self.text)}</h{self.level}>"
+        anchor = f' id="{html.escape(self.anchor)}"' if self.anchor else ""
+        return f"<h{self.level}{anchor}>{_inline(self.text)}</h{self.level}>"
+
+
+@dataclass(frozen=True)
+class Contents:
+    """Links to ``headings`` (levels 2 and 3: a nested list)."""
+
+    headings: tuple[Heading, ...] = ()
+
+    def markdown(self, root: Path | None) -> str:
+        return "\n".join("  " * (h.level - 2) + f"- [{h.text}](#{h.anchor})" for h in self.headings)
+
+    def html(self) -> str:
+        """A list of the level-2 headings, each with a list of its level-3 ones."""
+        parts: list[str] = []
+        nested = False
+        for heading in self.headings:
+            link = f'<a href="#{html.escape(heading.anchor)}">{_inline(heading.text)}</a>'
+            if heading.level == 2:
+                parts += ["</ul>"] * nested + ["</li>"] * bool(parts) + [f"<li>{link}"]
+                nested = False
+            else:  # a level-3 heading: in the list of the level-2 one before it
+                parts += ["<li>"] * (not parts) + ["<ul>"] * (not nested) + [f"<li>{link}</li>"]
+                nested = True
+        parts += ["</ul>"] * nested + ["</li>"] * bool(parts)
+        return f"<nav><ul>{''.join(parts)}</ul></nav>"
 
 
 @dataclass(frozen=True)
@@ -88,7 +125,23 @@ class Image:
         return f'<figure><img src="data:image/png;base64,{data}" alt="{alt}"></figure>'
 
 
-Block = Heading | Paragraph | Table | Image
+Block = Heading | Paragraph | Table | Image | Contents
+CONTENTS = "Contents"
+
+
+def anchored(blocks: Sequence[Block]) -> list[Block]:
+    """``blocks`` with every heading's anchor set: its :func:`slug`, ``-1``, ``-2``, … appended
+    to a repeated one (GitHub's rule)."""
+    seen: dict[str, int] = {}
+    out: list[Block] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            base = slug(block.text)
+            count = seen.get(base, 0)
+            seen[base] = count + 1
+            block = replace(block, anchor=base if count == 0 else f"{base}-{count}")
+        out.append(block)
+    return out
 
 
 @dataclass(frozen=True)
@@ -117,7 +170,18 @@ class Document:
     root: Path | None = None  # figure paths in Markdown are relative to it
 
     def blocks(self) -> list[Block]:
-        return [block for section in self.sections for block in section.flat()]
+        """Every block in reading order, the contents after the first section's body."""
+        blocks = [block for section in self.sections for block in section.flat()]
+        second = next(
+            (i for i, b in enumerate(blocks) if i and isinstance(b, Heading) and b.level <= 2),
+            len(blocks),
+        )
+        blocks[second:second] = [Heading(2, CONTENTS), Contents()]
+        blocks = anchored(blocks)
+        listed = tuple(
+            b for b in blocks if isinstance(b, Heading) and 2 <= b.level <= 3 and b.text != CONTENTS
+        )
+        return [Contents(listed) if isinstance(b, Contents) else b for b in blocks]
 
     def markdown(self) -> str:
         return "\n\n".join(block.markdown(self.root) for block in self.blocks()) + "\n"

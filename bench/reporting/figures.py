@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -32,19 +33,21 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench import schema  # noqa: E402
+from bench.reporting.comparisons import OURS, VARIANTS  # noqa: E402
 from bench.reporting.runs import TEST_ACCURACY, Run  # noqa: E402
-from bench.schema import PROBE_ETA, PROBE_STATUS, PROBE_STEP, PROBE_SUBSET  # noqa: E402
+from bench.schema import PROBE_ETA, PROBE_STATUS, PROBE_SUBSET  # noqa: E402
 from optimizers.subspace import OK_STATUSES  # noqa: E402
 
-ABLATION = ("partitioned_newton", "partitioned_newton_diag", "partitioned_newton_order2", "cauchy")
+ABLATION = (OURS, *VARIANTS)  # our optimizer and its variants, in that order
 ETA_PREFIX = schema.ETA_PREFIX  # history columns diag/eta/<subset>
 EPOCH, WALL_CLOCK, TRAIN_LOSS = schema.EPOCH, schema.WALL_CLOCK, schema.TRAIN_LOSS
 UNDER_STEP, OVER_STEP = 2.0, 0.5  # median η*_s above: under-steps; below (or < 0): over-steps
 DPI = 90
+LABEL_WIDTH = 14  # characters of a subset's tick label
 
 
 def file_stem(text: str) -> str:
@@ -198,48 +201,116 @@ def _cells_where(runs: Sequence[Run], has: Callable[[Run], bool]) -> dict[str, l
     return {o: cell for o, cell in _by_optimizer(runs).items() if any(has(r) for r in cell)}
 
 
-def _panels(count: int) -> tuple[Figure, np.ndarray]:
-    """A whitegrid figure of ``count`` panels side by side, one per optimizer."""
-    with sns.axes_style("whitegrid"):
-        figure = Figure(figsize=(5.5 * count, 4.2))
-        panels = np.atleast_1d(figure.subplots(1, count))
-    return figure, panels
-
-
 def eta_columns(run: Run) -> list[str]:
     return [c for c in run.history.columns if c.startswith(ETA_PREFIX)]
 
 
-def learning_rates(runs: Sequence[Run], path: Path) -> Path | None:
-    """η_s per subset over epochs (mean over the non-diverged seeds), one panel per optimizer
-    that writes ``diag/eta/<subset>`` columns; None when no run has them."""
+def short_subset(name: str) -> str:
+    """A tick label a person reads: ``3.weight`` → ``3.w``, a joined subset (``a+b+c``) → ``all
+    3 tensors``, anything longer than :data:`LABEL_WIDTH` cut from the left."""
+    parts = name.split("+")
+    if len(parts) > 1:
+        return f"all {len(parts)} tensors"
+    name = re.sub(r"\.weight$", ".w", re.sub(r"\.bias$", ".b", name))
+    return name if len(name) <= LABEL_WIDTH else "…" + name[-(LABEL_WIDTH - 1) :]
+
+
+def plain_number(value: float, _position=None) -> str:
+    """A tick value as a plain number (no 10^k notation; a real minus sign)."""
+    return f"{value:g}".replace("-", "−")
+
+
+def readable_scale(axes: Axes, values: np.ndarray) -> None:
+    """Log y-scale when every finite value is > 0, else symlog linear below the 5th percentile
+    of the positive magnitudes (a power of ten); plain-number tick labels."""
+    finite = values[np.isfinite(values)]
+    magnitudes = np.abs(finite[finite != 0])
+    if finite.size and (finite > 0).all():
+        axes.set_yscale("log")
+    else:
+        low = float(np.quantile(magnitudes, 0.05)) if magnitudes.size else 1.0
+        axes.set_yscale("symlog", linthresh=10.0 ** math.floor(math.log10(low)))
+        if finite.size and finite.min() >= 0:  # no negative half
+            axes.set_ylim(bottom=0.0)
+    axes.yaxis.set_major_formatter(FuncFormatter(plain_number))
+    axes.yaxis.set_minor_formatter(NullFormatter())
+
+
+def quartile_plot(axes: Axes, samples: dict[str, pd.DataFrame], palette: dict) -> np.ndarray:
+    """Per subset (x, in order of first appearance) and group (colour, dodged): the median (dot)
+    and the interquartile range (bar) of the ``value`` column of ``samples[group]`` (columns
+    ``subset``, ``value``); returns every finite value drawn (for the scale)."""
+    subsets = list(dict.fromkeys(s for frame in samples.values() for s in frame["subset"]))
+    width = 0.8 / max(len(samples), 1)
+    drawn = []
+    for index, (group, frame) in enumerate(samples.items()):
+        stats = frame.groupby("subset", sort=False)["value"].quantile([0.25, 0.5, 0.75])
+        stats = stats.unstack().reindex(subsets)
+        x = np.arange(len(subsets)) + (index - (len(samples) - 1) / 2) * width
+        middle, low, high = (stats[q].to_numpy(dtype=np.float64) for q in (0.5, 0.25, 0.75))
+        axes.errorbar(
+            x, middle, yerr=[middle - low, high - middle], fmt="o", color=palette[group],
+            label=group, capsize=3, markersize=5, linewidth=1.5,
+        )  # fmt: skip
+        drawn.append(stats.to_numpy(dtype=np.float64).ravel())
+    axes.set_xticks(np.arange(len(subsets)), [short_subset(s) for s in subsets])
+    axes.tick_params(axis="x", rotation=45 if len(subsets) > 8 else 0)
+    axes.set_xlabel("parameter subset s")
+    axes.legend(fontsize=8)
+    return np.concatenate(drawn) if drawn else np.array([])
+
+
+def _eta_samples(cell: Sequence[Run]) -> pd.DataFrame:
+    """(subset, value) rows of η_s after epoch 0 over the non-diverged runs (all when none)."""
+    kept = [run for run in cell if not run.diverged] or list(cell)
+    frames = [
+        run.history.loc[run.history[EPOCH] > 0, eta_columns(run)]
+        .melt(var_name="subset", value_name="value")
+        .assign(subset=lambda f: f["subset"].str.removeprefix(ETA_PREFIX))
+        for run in kept
+    ]
+    frame = pd.concat(frames)
+    return frame[np.isfinite(frame["value"].to_numpy(dtype=np.float64))]
+
+
+def learning_rates(runs: Sequence[Run], path: Path, palette: dict) -> Path | None:
+    """η_s per subset (median and quartiles over epochs ≥ 1 and non-diverged seeds), one colour
+    per optimizer that writes ``diag/eta/<subset>`` columns; None when no run has them."""
     cells = _cells_where(runs, lambda run: bool(eta_columns(run)))
     if not cells:
         return None
-    figure, panels = _panels(len(cells))
-    for axes, (optimizer, cell) in zip(panels, cells.items(), strict=True):
-        kept = [run for run in cell if not run.diverged] or list(cell)
-        columns = sorted({c for run in kept for c in eta_columns(run)})
-        frame = pd.concat([run.history[[EPOCH, *eta_columns(run)]] for run in kept])
-        mean = frame.groupby(EPOCH)[columns].mean()
-        palette = sns.color_palette("viridis", len(columns))
-        for color, column in zip(palette, columns, strict=True):
-            axes.plot(mean.index, mean[column], color=color, label=column[len(ETA_PREFIX) :])
-        values = mean.to_numpy(dtype=np.float64)
-        finite = values[np.isfinite(values)]
-        axes.set_yscale("log" if finite.size and (finite > 0).all() else "symlog")
-        axes.set_xlabel("epoch")
-        axes.set_ylabel("η_s")
-        axes.set_title(optimizer, fontsize=10)
-        axes.legend(fontsize=7, ncol=2 if len(columns) > 6 else 1)
-    figure.suptitle(f"{runs[0].problem}: per-subset learning rates η_s (mean over seeds)")
-    return _save(figure, path, panels)
+    samples = {o: _eta_samples(cell) for o, cell in cells.items()}
+    return _quartile_figure(
+        samples, palette, path, ylabel="η_s (step size in use)",
+        title=f"{runs[0].problem}: η_s of our optimizers (median, quartiles over epochs, seeds)",
+    )  # fmt: skip
+
+
+def _quartile_figure(
+    samples: dict[str, pd.DataFrame], palette: dict, path: Path, *, ylabel: str, title: str,
+    reference: float | None = None,
+) -> Path:  # fmt: skip
+    """One panel of :func:`quartile_plot` on :func:`readable_scale`, saved to ``path``."""
+    subsets = {s for frame in samples.values() for s in frame["subset"]}
+    with sns.axes_style("whitegrid"):
+        figure = Figure(figsize=(max(7.5, 1.5 + 0.9 * len(subsets)), 4.4))
+        axes = figure.subplots()
+    values = quartile_plot(axes, samples, palette)
+    if reference is not None:
+        axes.axhline(reference, color="black", linewidth=1, linestyle="--")
+        axes.axhline(0.0, color="grey", linewidth=0.8)
+        values = np.append(values, reference)
+    readable_scale(axes, values)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title, fontsize=10)
+    return _save(figure, path, [])
 
 
 def ablation(runs: Sequence[Run], path: Path, palette: dict) -> Path | None:
-    """Training loss vs epoch of the ablation variants present (:data:`ABLATION`)."""
+    """Training loss vs epoch of ours and its variants present (:data:`ABLATION`); None when no
+    variant (other than ours) was run."""
     variants = [run for run in runs if run.optimizer in ABLATION]
-    if not variants:
+    if not {run.optimizer for run in variants} - {OURS}:
         return None
     title = f"{runs[0].problem}: ablations (training loss)"
     return _epoch_figure(
@@ -257,31 +328,23 @@ def usable_probe(probe: pd.DataFrame) -> pd.DataFrame:
     return probe.loc[ok & np.isfinite(values.to_numpy(dtype=np.float64))]
 
 
-def probe(runs: Sequence[Run], path: Path) -> Path | None:
-    """η*_s per subset over steps (median over seeds), one panel per probed optimizer."""
+def probe(runs: Sequence[Run], path: Path, palette: dict) -> Path | None:
+    """η*_s per subset (median and quartiles over probes and seeds, usable rows), one colour
+    per probed optimizer; the dashed line η* = 1 is the step taken."""
     cells = _cells_where(runs, lambda run: run.probe is not None)
-    if not cells:
+    samples = {}
+    for optimizer, cell in cells.items():
+        frame = pd.concat([usable_probe(run.probe) for run in cell if run.probe is not None])
+        if len(frame):
+            samples[optimizer] = pd.DataFrame(
+                {"subset": frame[PROBE_SUBSET].astype(str), "value": frame[PROBE_ETA]}
+            ).astype({"value": np.float64})
+    if not samples:
         return None
-    figure, panels = _panels(len(cells))
-    for axes, (optimizer, cell) in zip(panels, cells.items(), strict=True):
-        frames = [usable_probe(run.probe) for run in cell if run.probe is not None]
-        frame = pd.concat(frames)
-        subsets = sorted(frame[PROBE_SUBSET].astype(str).unique())
-        palette = sns.color_palette("viridis", max(len(subsets), 1))
-        for color, subset in zip(palette, subsets, strict=False):
-            rows = frame[frame[PROBE_SUBSET].astype(str) == subset]
-            median = rows.groupby(PROBE_STEP)[PROBE_ETA].median()
-            axes.plot(median.index, median.to_numpy(), color=color, label=subset, marker=".")
-        axes.axhline(1.0, color="black", linewidth=1, linestyle="--")
-        axes.axhline(0.0, color="grey", linewidth=0.8)
-        axes.set_yscale("symlog", linthresh=0.1)
-        axes.set_xlabel("step")
-        axes.set_ylabel("η*_s (1 = the step taken)")
-        axes.set_title(f"probe along {optimizer}", fontsize=10)
-        if subsets:
-            axes.legend(fontsize=7)
-    figure.suptitle(f"{runs[0].problem}: learning-rate probe η* = H̄⁻¹ḡ (median over seeds)")
-    return _save(figure, path, panels)
+    return _quartile_figure(
+        samples, palette, path, ylabel="η*_s (1 = the step taken)", reference=1.0,
+        title=f"{runs[0].problem}: probe η*_s = (H̄⁻¹ḡ)_s (median, quartiles over probes, seeds)",
+    )  # fmt: skip
 
 
 def probe_sentence(optimizer: str, runs: Sequence[Run]) -> str:

@@ -84,12 +84,11 @@ def invariance_figure(records: dict[str, dict[str, Any]], path: Path) -> Path:
     return figures.save_png(figure, path, dpi=110)
 
 
-def section(results: Path, profile: str, figures_dir: Path) -> Section:
-    """The invariance section (its figure written into ``figures_dir``), or say it is absent."""
+def section(results: Path, profile: str, figures_dir: Path) -> Section | None:
+    """The invariance section (its figure written into ``figures_dir``) (None: no results)."""
     records = load_invariance(results, profile)
     if not records:
-        absent = "Absent: no results/<profile>/invariance/*.json (`dvc repro invariance`)."
-        return Section(TITLE, (Paragraph(absent),))
+        return None
     first = next(iter(records.values()))
     figure = invariance_figure(records, figures_dir / "invariance.png")
     return Section(

@@ -7,14 +7,17 @@ built in a staging directory next to it and swapped in only when complete
 (:func:`bench.io.write_dir_atomic`), so a failing report leaves the previous one in place; its
 inputs are checked before anything is written.
 
-Reads ``summary.csv`` (written by the aggregate) for every number in the tables and the runs of
+Reads ``summary.csv`` (written by the aggregate) for every number in the tables, the runs of
 params' cells (problems × optimizers × seeds: history.csv, probe.csv, metrics.json provenance)
-for the figures. Absent pieces (a probed or ablation optimizer without runs, no probe data, no η_s
-diagnostics) are stated as absent.
+for the figures and the tune files of its (problem, optimizer) cells for the grid edges. A
+section is there only when its data is: no ablation section when no variant ran, no probe section
+without probe data, no study section without the study's results (the intro names those left
+out); a probe sentence only for an optimizer that was run.
 
-The report is a list of :class:`~bench.reporting.document.Section`: intro, headline, one per
-problem (final metrics, time to target, then one per :data:`FIGURES_OF_A_PROBLEM` entry, whose
-own ``details`` add what belongs under that figure), invariance, timing, provenance.
+The report is a list of :class:`~bench.reporting.document.Section`: intro, (contents), headline,
+one per problem (final metrics, paired comparisons, time to target, then one per
+:data:`FIGURES_OF_A_PROBLEM` entry, whose own ``details`` add what belongs under that figure),
+the performance profile, tuning, invariance, timing, provenance.
 """
 
 from __future__ import annotations
@@ -28,7 +31,16 @@ import pandas as pd
 from bench import layout, schema
 from bench.errors import UsageError
 from bench.io import write_dir_atomic
-from bench.reporting import figures, invariance_section, summary, tables, timing_section
+from bench.reporting import (
+    comparisons,
+    figures,
+    invariance_section,
+    profile_section,
+    summary,
+    tables,
+    timing_section,
+    tuning,
+)
 from bench.reporting.document import Block, Document, Image, Paragraph, Section, Table
 from bench.reporting.runs import Cell, Run, load_runs
 
@@ -44,6 +56,7 @@ class Inputs:
     summary: pd.DataFrame
     runs: Sequence[Run]
     probe_optimizers: tuple[str, ...]  # params train.probe.optimizers
+    tuned: Sequence[dict] = ()  # the tune files of the (problem, optimizer) cells found
 
     @property
     def optimizers(self) -> list[str]:
@@ -69,7 +82,8 @@ def load_inputs(
         raise UsageError(
             f"{summary_path} does not list the runs of params' cells: rerun bench.aggregate"
         )
-    return Inputs(profile, table, runs, tuple(probe_optimizers))
+    tuned = tuning.load_tuned(results, profile, {(run.problem, run.optimizer) for run in runs})
+    return Inputs(profile, table, runs, tuple(probe_optimizers), tuned)
 
 
 @dataclass(frozen=True)
@@ -88,11 +102,7 @@ class Problem:
 def _ablation_details(problem: Problem) -> tuple[Block, ...]:
     variants = [o for o in figures.ABLATION if o in problem.present]
     frame = tables.final_metrics_frame(problem.cell, variants)
-    blocks: tuple[Block, ...] = (Table(frame[tables.ABLATION_COLUMNS]),)
-    missing = [o for o in figures.ABLATION if o not in problem.present]
-    if missing:
-        blocks += (Paragraph(f"Absent variants: {', '.join(missing)}."),)
-    return blocks
+    return (Table(frame[tables.ABLATION_COLUMNS]),)
 
 
 def _probe_details(problem: Problem) -> tuple[Block, ...]:
@@ -109,15 +119,14 @@ class FigureSection:
 
     title: str
     stem: str  # file name: <stem>_<problem>.png
-    draw: Callable[[Sequence[Run], Path, dict], Path | None]
-    absent: str = ""
+    draw: Callable[[Sequence[Run], Path, dict], Path | None]  # None: no data, no section
     details: Callable[[Problem], tuple[Block, ...]] = lambda problem: ()
 
-    def section(self, problem: Problem, figures_dir: Path) -> Section:
+    def section(self, problem: Problem, figures_dir: Path) -> Section | None:
         path = figures_dir / f"{self.stem}_{figures.file_stem(problem.name)}.png"
         drawn = self.draw(problem.runs, path, problem.palette)
         if drawn is None:
-            return Section(self.title, (Paragraph(self.absent),), level=3)
+            return None
         image = Image(drawn, f"{problem.name}: {self.title}")
         blocks = (image, *self.details(problem), Paragraph(problem.note, note=True))
         return Section(self.title, blocks, level=3)
@@ -127,46 +136,90 @@ FIGURES_OF_A_PROBLEM = (
     FigureSection("Training loss", "loss", figures.training_loss),
     FigureSection("Test accuracy", "accuracy", figures.test_accuracy),
     FigureSection(
-        "Per-subset learning rates η_s of our optimizers",
+        f"Per-subset learning rates η_s of our optimizers (`{schema.ETA_PREFIX}<subset>`)",
         "eta",
-        lambda runs, path, palette: figures.learning_rates(runs, path),
-        f"Absent: no run on this problem has `{schema.ETA_PREFIX}<subset>` history columns.",
+        figures.learning_rates,
     ),
     FigureSection(
-        "Ablations: " + " vs ".join(figures.ABLATION),
-        "ablation",
-        figures.ablation,
-        "Absent: none of the ablation variants was run on this problem.",
-        _ablation_details,
-    ),
+        "Ablations: ours and its variants", "ablation", figures.ablation, _ablation_details
+    ),  # fmt: skip
     FigureSection(
         "Learning-rate probe η*_s = (H̄⁻¹ḡ)_s along other optimizers",
         "probe",
-        lambda runs, path, palette: figures.probe(runs, path),
-        "Absent: no probe.csv on this problem.",
+        figures.probe,
         _probe_details,
     ),
 )
 
 
-def problem_section(inputs: Inputs, name: str, stats: pd.DataFrame, figures_dir: Path) -> Section:
-    """Final metrics, time to target and the figures of problem ``name``."""
+@dataclass(frozen=True)
+class Derived:
+    """What several sections share, computed once from the inputs."""
+
+    stats: pd.DataFrame  # summary.statistics()
+    comparisons: Sequence[comparisons.Comparison]
+    epochs_profile: comparisons.PerformanceProfile
+    median_epochs: pd.DataFrame  # the profile's t(p, o): optimizers × problems
+    palette: dict
+    note: str  # the regenerate line
+
+    @classmethod
+    def of(cls, inputs: Inputs) -> Derived:
+        wide = summary.wide_table(inputs.summary)
+        return cls(
+            stats=summary.statistics(inputs.summary),
+            comparisons=comparisons.paired_comparisons(wide),
+            epochs_profile=profile_section.profiles(inputs.summary)[0],
+            median_epochs=comparisons.median_times(wide, summary.TIME_TO_SEPARATING_EPOCHS),
+            palette=figures.colors(inputs.optimizers),
+            note=tables.regenerate_note(inputs.runs),
+        )
+
+
+def _problem(inputs: Inputs, name: str, derived: Derived) -> Problem:
     runs = [run for run in inputs.runs if run.problem == name]
     present = sorted({run.optimizer for run in runs})
     with_probe = {run.optimizer for run in runs if run.probe is not None}
-    problem = Problem(
+    stats = derived.stats
+    return Problem(
         name=name,
         runs=runs,
         cell=stats[stats[summary.PROBLEM] == name].set_index([summary.OPTIMIZER, summary.METRIC]),
         present=present,
-        probed=sorted(set(inputs.probe_optimizers) | with_probe),
-        palette=figures.colors(inputs.optimizers),
+        probed=sorted((set(inputs.probe_optimizers) & set(present)) | with_probe),
+        palette=derived.palette,
         note=tables.regenerate_note(runs),
     )
+
+
+def _comparison_section(problem: Problem, derived: Derived) -> Section | None:
+    found = [c for c in derived.comparisons if c.problem == problem.name]
+    if not found:
+        return None
+    return Section(
+        "Ours against the baselines (paired)",
+        (
+            Paragraph(
+                "Difference ours − baseline of the final training loss (lower is better) and of "
+                "the final test accuracy (higher is better), with its "
+                f"{comparisons.CONFIDENCE:.0%} interval: {comparisons.PAIRED_RULE}. The word "
+                "after the interval says whether ours is lower or higher when the interval "
+                "excludes zero."
+            ),
+            Table(tables.comparisons_frame(found)),
+            Paragraph(problem.note, note=True),
+        ),
+        level=3,
+    )
+
+
+def problem_section(inputs: Inputs, name: str, derived: Derived, figures_dir: Path) -> Section:
+    """Final metrics, comparisons, time to target and the figures of problem ``name``."""
+    problem = _problem(inputs, name, derived)
     final = Section(
         "Final metrics",
         (
-            Table(tables.final_metrics_frame(problem.cell, present)),
+            Table(tables.final_metrics_frame(problem.cell, problem.present)),
             Paragraph(problem.note, note=True),
         ),
         level=3,
@@ -175,20 +228,35 @@ def problem_section(inputs: Inputs, name: str, stats: pd.DataFrame, figures_dir:
         "Time to target",
         (
             Paragraph(tables.target_sentence(inputs.summary, name)),
-            Table(tables.time_to_target_frame(problem.cell, present)),
+            Table(
+                tables.time_to_target_frame(
+                    problem.cell, problem.present, derived.median_epochs[name]
+                )
+            ),
             Paragraph(
-                "Mean ± std over the runs that reached the target. " + problem.note, note=True
+                "Mean ± std over the runs that reached the target; the median counts a run "
+                "that diverged or never reached it as ∞ (the performance profile's time). "
+                + problem.note,
+                note=True,
             ),
         ),
         level=3,
     )
-    figure_sections = tuple(spec.section(problem, figures_dir) for spec in FIGURES_OF_A_PROBLEM)
-    intro = f"Optimizers run: {', '.join(present)}."  # every optimizer of params (its cells)
-    return Section(f"Problem `{name}`", (Paragraph(intro),), (final, to_target, *figure_sections))
+    figure_sections = (spec.section(problem, figures_dir) for spec in FIGURES_OF_A_PROBLEM)
+    subsections = (final, _comparison_section(problem, derived), to_target, *figure_sections)
+    intro = f"Optimizers run: {', '.join(problem.present)}."  # every optimizer of params
+    return Section(
+        f"Problem `{name}`", (Paragraph(intro),), tuple(s for s in subsections if s is not None)
+    )
 
 
-def intro_section(inputs: Inputs, note: str) -> Section:
+def intro_section(inputs: Inputs, note: str, left_out: Sequence[str]) -> Section:
     profile = inputs.profile
+    omitted = (
+        [Paragraph(f"Not in this report (no results yet): {'; '.join(left_out)}.")]
+        if left_out
+        else []
+    )
     return Section(
         f"hobench report — profile `{profile}`",
         (
@@ -201,22 +269,26 @@ def intro_section(inputs: Inputs, note: str) -> Section:
             Paragraph(
                 "Statistics are over the non-diverged seeds; diverged runs are counted beside "
                 "them and drawn alone (dotted) in the figures, never averaged in or dropped. ± is "
-                f"the sample std; the {summary.CONFIDENCE:.0%} interval is mean ± t·std/√n "
-                "(Student t, n−1 dof), undefined for n = 1."
+                f"the sample std; the {comparisons.CONFIDENCE:.0%} interval of a mean is mean ± "
+                "t·std/√n (Student t, n−1 dof), undefined for n = 1; comparisons between "
+                "optimizers use the paired interval over seeds."
             ),
+            *omitted,
         ),
         level=1,
     )
 
 
-def headline_section(inputs: Inputs, note: str) -> Section:
+def headline_section(inputs: Inputs, derived: Derived) -> Section:
     headline_note = tables.headline_note(inputs.summary)
     return Section(
         "Headline",
         (
             Table(tables.headline_frame(inputs.summary)),
+            Paragraph(tables.headline_legend(inputs.summary)),
             *([] if headline_note is None else [Paragraph(headline_note)]),
-            Paragraph(f"{note} · the README copy is `{HEADLINE_MD}`", note=True),
+            Paragraph(profile_section.ranking_line(derived.epochs_profile)),
+            Paragraph(f"{derived.note} · the README copy is `{HEADLINE_MD}`", note=True),
         ),
     )
 
@@ -231,16 +303,24 @@ def provenance_section(inputs: Inputs) -> Section:
     )
 
 
+STUDIES = (  # (what the intro calls it when left out, its section)
+    ("invariance (`dvc repro invariance`)", invariance_section.section),
+    ("timing (`dvc repro timing`)", timing_section.section),
+)
+
+
 def sections(inputs: Inputs, results: Path, figures_dir: Path) -> list[Section]:
     """Every section of the report in order; figures are written into ``figures_dir``."""
-    note = tables.regenerate_note(inputs.runs)
-    stats = summary.statistics(inputs.summary)
+    derived = Derived.of(inputs)
+    studies = [(name, draw(results, inputs.profile, figures_dir)) for name, draw in STUDIES]
+    left_out = [name for name, section in studies if section is None]
+    optional = [tuning.section(inputs.tuned), *(section for _, section in studies)]
     return [
-        intro_section(inputs, note),
-        headline_section(inputs, note),
-        *(problem_section(inputs, name, stats, figures_dir) for name in inputs.problems),
-        invariance_section.section(results, inputs.profile, figures_dir),
-        timing_section.section(results, inputs.profile, figures_dir),
+        intro_section(inputs, derived.note, left_out),
+        headline_section(inputs, derived),
+        *(problem_section(inputs, name, derived, figures_dir) for name in inputs.problems),
+        profile_section.section(inputs.summary, derived.palette, figures_dir, derived.note),
+        *(section for section in optional if section is not None),
         provenance_section(inputs),
     ]
 
@@ -252,7 +332,8 @@ def build_report(inputs: Inputs, results: Path, out_dir: Path) -> Document:
     title = f"hobench report — {inputs.profile}"
     document = Document(title, sections(inputs, Path(results), figures_dir), root=out_dir)
     (out_dir / REPORT_MD).write_text(document.markdown())
-    (out_dir / HEADLINE_MD).write_text(tables.headline_table(inputs.summary))
+    ranking = profile_section.ranking_line(profile_section.profiles(inputs.summary)[0])
+    (out_dir / HEADLINE_MD).write_text(tables.headline_table(inputs.summary, ranking))
     (out_dir / INDEX_HTML).write_text(document.html())
     return document
 

@@ -12,8 +12,10 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
+from bench.reporting import comparisons as compare
 from bench.reporting import summary as agg  # `summary` names the tidy table below
 from bench.reporting.runs import Run
 
@@ -23,7 +25,6 @@ PROVENANCE_KEYS = (
     "git_commit", "git_dirty", "params_hash", "hobench", "torch", "python", "numpy",
     "device", "threads", "cpu", "cpu_capability", "hostname", "created",
 )  # fmt: skip
-STALLED_MARK = " (did not train)"
 STALLED_NOTE = (
     "(did not train): no non-diverged run lowered the training loss below its initial value."
 )
@@ -32,7 +33,7 @@ NO_STEP_NOTE = (
     "run: the S×S step needs H̄ ≻ 0 without the cubic term, and H̄ was indefinite each time), "
     "so the weights never moved."
 )
-INTERVAL = f"{agg.CONFIDENCE:.0%} interval"
+INTERVAL = f"{compare.CONFIDENCE:.0%} interval"
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -57,6 +58,9 @@ def interval(row: pd.Series, percent: bool = False) -> str:
 
 
 # ----------------------------------------------------------------------------- headline
+STALLED_MARK = "did not train"
+
+
 def stalled_cells(summary: pd.DataFrame) -> set[tuple[str, str]]:
     """(problem, optimizer) cells with a non-diverged run, none of which lowered the loss."""
     wide = agg.wide_table(summary)
@@ -70,25 +74,74 @@ def stalled_cells(summary: pd.DataFrame) -> set[tuple[str, str]]:
     return stalled
 
 
+def _cell_mark(loss: pd.Series, stalled: bool) -> str | None:
+    """The headline's mark of one (problem, optimizer) cell, or None."""
+    runs, diverged = int(loss["runs"]), int(loss["diverged_runs"])
+    if stalled:
+        return STALLED_MARK
+    if diverged:
+        return f"diverged {diverged}/{runs}"
+    return None
+
+
+def mean_ranks(stats: pd.DataFrame, stalled: set[tuple[str, str]]) -> pd.Series:
+    """Per optimizer: the mean over problems of its rank by mean final training loss (1 = the
+    lowest; ties share the lower rank); a cell that did not train or whose every seed diverged
+    ranks last. ``stats``: :func:`~bench.reporting.summary.statistics` indexed by (problem,
+    optimizer, metric)."""
+    loss = stats.xs(agg.FINAL_TRAIN_LOSS, level=agg.METRIC)["mean"].copy()
+    for key in stalled:
+        loss.loc[key] = np.nan
+    ranks = loss.groupby(level=agg.PROBLEM).rank(method="min", na_option="bottom")
+    return ranks.groupby(level=agg.OPTIMIZER).mean()
+
+
+def _best(stats: pd.DataFrame, metric: str, excluded: set[tuple[str, str]], highest: bool):
+    """Per problem: the optimizers whose mean of ``metric`` is the best (ties: all)."""
+    means = stats.xs(metric, level=agg.METRIC)["mean"].drop(index=list(excluded), errors="ignore")
+    means = means.dropna()
+    best = means.groupby(level=agg.PROBLEM).transform("max" if highest else "min")
+    return set(means.index[means == best])
+
+
 def headline_frame(summary: pd.DataFrame) -> pd.DataFrame:
-    """Problem × optimizer: seeds, final training loss and test accuracy (%) as mean ± std over
-    the non-diverged seeds, diverged counts beside them."""
+    """Optimizers (rows, by :func:`mean_ranks`) × problems: final training loss and test
+    accuracy (%) as mean ± std over the non-diverged seeds, the best of each column in bold, the
+    marks ("did not train", "diverged k/n") in their own column."""
     stats = agg.statistics(summary).set_index([*agg.CELL, agg.METRIC])
     stalled = stalled_cells(summary)
+    ranks = mean_ranks(stats, stalled)
+    problems = sorted(stats.index.unique(agg.PROBLEM))
+    best_loss = _best(stats, agg.FINAL_TRAIN_LOSS, stalled, highest=False)
+    best_accuracy = _best(stats, agg.FINAL_TEST_ACCURACY, stalled, highest=True)
     rows = []
-    for problem, optimizer in stats.index.droplevel(agg.METRIC).unique().sort_values():
-        loss = stats.loc[(problem, optimizer, agg.FINAL_TRAIN_LOSS)]
-        accuracy = stats.loc[(problem, optimizer, agg.FINAL_TEST_ACCURACY)]
-        rows.append(
-            {
-                "problem": problem,
-                "optimizer": optimizer + (STALLED_MARK if (problem, optimizer) in stalled else ""),
-                "seeds": str(int(loss["runs"])),
-                "final training loss": mean_std(loss),
-                "test accuracy (%)": mean_std(accuracy, percent=True),
-            }
-        )
+    for optimizer in sorted(ranks.index, key=lambda o: (ranks[o], o)):
+        row, marks = {"optimizer": optimizer, "mean rank": f"{ranks[optimizer]:.1f}"}, {}
+        for problem in problems:
+            loss = stats.loc[(problem, optimizer, agg.FINAL_TRAIN_LOSS)]
+            accuracy = stats.loc[(problem, optimizer, agg.FINAL_TEST_ACCURACY)]
+            key = (problem, optimizer)
+            row[f"{problem} loss"] = _bold(headline_cell(loss), key in best_loss)
+            row[f"{problem} acc. (%)"] = _bold(
+                headline_cell(accuracy, percent=True), key in best_accuracy
+            )
+            mark = _cell_mark(loss, key in stalled)
+            if mark is not None:
+                marks.setdefault(mark, []).append(problem)
+        row["marks"] = "; ".join(f"({m}) {', '.join(p)}" for m, p in marks.items())
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def headline_cell(row: pd.Series, percent: bool = False) -> str:
+    """'mean ± std' over the non-diverged seeds ('—' when none; the counts are in the marks)."""
+    if int(row["n"]) == 0:
+        return "—"
+    return mean_std(row, percent, show_diverged=False)
+
+
+def _bold(text: str, bold: bool) -> str:
+    return f"**{text}**" if bold else text
 
 
 def _never_stepped(summary: pd.DataFrame, cells: set[tuple[str, str]]) -> list[str]:
@@ -109,17 +162,32 @@ def headline_note(summary: pd.DataFrame) -> str | None:
     return STALLED_NOTE + (NO_STEP_NOTE.format(names=", ".join(never)) if never else "")
 
 
-def headline_table(summary: pd.DataFrame) -> str:
-    """The README's headline table (:func:`headline_frame`) as Markdown, ending in a newline.
+def headline_legend(summary: pd.DataFrame) -> str:
+    """What the headline's rows, cells and marks are."""
+    seeds = sorted(set(agg.statistics(summary)["runs"].astype(int)))
+    return (
+        "Rows: optimizers by mean rank, over the problems, of their mean final training loss "
+        "(1 = the lowest on every problem; a cell that did not train or diverged on every seed "
+        f"ranks last). Cells: mean ± std over the non-diverged seeds (of "
+        f"{' or '.join(map(str, seeds))} per cell); **bold**: the best of the column (lowest "
+        "loss, highest test accuracy), among the cells that trained."
+    )
 
-    Cells in which no run lowered the training loss are marked and explained under the table.
-    """
+
+def headline_table(summary: pd.DataFrame, ranking: str | None = None) -> str:
+    """The README's headline table (:func:`headline_frame`) as Markdown, ending in a newline:
+    the table, its legend, the "(did not train)" note when a cell is so marked, and ``ranking``
+    (the performance profile's one-line ranking) when given."""
     frame = headline_frame(summary)
-    lines = ["| " + " | ".join(frame.columns) + " |", "|---|---|---:|---:|---:|"]
+    align = ["---", *["---:"] * (frame.shape[1] - 2), "---"]
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in frame.to_numpy().tolist()]
+    lines += ["", headline_legend(summary)]
     note = headline_note(summary)
     if note is not None:
         lines += ["", note]
+    if ranking is not None:
+        lines += ["", ranking]
     return "\n".join(lines) + "\n"
 
 
@@ -163,20 +231,26 @@ ABLATION_COLUMNS = ["optimizer", "seeds", "diverged", "final training loss",
                     "test accuracy (%)", "wall-clock (s)"]  # fmt: skip
 
 
-def time_to_target_frame(cell: pd.DataFrame, optimizers: Sequence[str]) -> pd.DataFrame:
-    """Epochs and seconds to the training-loss target; 'not reached' when no run reached it."""
+def time_to_target_frame(
+    cell: pd.DataFrame, optimizers: Sequence[str], times: pd.Series
+) -> pd.DataFrame:
+    """Epochs and seconds to the training-loss target (:data:`~bench.reporting.summary.
+    TARGET_RULE`); 'not reached' when no run reached it. ``times``: the profile's t(p, o) of
+    the problem per optimizer (the median over seeds, ∞ = not reached)."""
     rows = []
     for optimizer in optimizers:
-        epochs = cell.loc[(optimizer, agg.TIME_TO_TARGET_EPOCHS)]
-        seconds = cell.loc[(optimizer, agg.TIME_TO_TARGET_SECONDS)]
+        epochs = cell.loc[(optimizer, agg.TIME_TO_SEPARATING_EPOCHS)]
+        seconds = cell.loc[(optimizer, agg.TIME_TO_SEPARATING_SECONDS)]
         runs, diverged, reached = (int(epochs[k]) for k in ("runs", "diverged_runs", "n"))
         unreached = f"diverged ({diverged}/{runs})" if diverged == runs else "not reached"
+        median = float(times.get(optimizer, np.inf))
         rows.append(
             {
                 "optimizer": optimizer,
                 "non-diverged runs reaching it": f"{reached}/{runs - diverged}"
                 + (f" ({diverged} diverged)" if diverged else ""),
                 "epochs": mean_std(epochs, show_diverged=False) if reached else unreached,
+                "median epochs (∞: not reached)": f"{median:g}" if np.isfinite(median) else "∞",
                 "seconds": mean_std(seconds, show_diverged=False) if reached else unreached,
             }
         )
@@ -185,13 +259,51 @@ def time_to_target_frame(cell: pd.DataFrame, optimizers: Sequence[str]) -> pd.Da
 
 def target_sentence(summary: pd.DataFrame, problem: str) -> str:
     rows = summary[summary[agg.PROBLEM] == problem].set_index(agg.METRIC)[agg.VALUE]
-    target, from_params = rows.loc[[agg.TRAIN_LOSS_TARGET]], rows.loc[[agg.TARGET_FROM_PARAMS]]
+    target, from_params = rows.loc[[agg.SEPARATING_TARGET]], rows.loc[[agg.TARGET_FROM_PARAMS]]
     source = (
         "from params `aggregate.train_loss_target`"
         if float(from_params.max()) > 0.5
         else f"rule: {agg.TARGET_RULE}"
     )
     return f"Training-loss target {float(target.iloc[0]):.4g} ({source})."
+
+
+def _signed(value: float, percent: bool) -> str:
+    return _number(value, percent, digits=3).replace("-", "−")
+
+
+def difference(comparison: compare.Comparison, percent: bool = False) -> str:
+    """'−0.012 [−0.020, −0.004], lower': ours − baseline, its paired interval, the verdict."""
+    if comparison.pairs == 0:
+        return "no seed pair"
+    text = _signed(comparison.difference, percent)
+    if comparison.pairs > 1:
+        low, high = (_signed(v, percent) for v in (comparison.ci_low, comparison.ci_high))
+        text += f" [{low}, {high}]"
+    return f"{text}, {comparison.verdict}"
+
+
+def comparisons_frame(found: Sequence[compare.Comparison]) -> pd.DataFrame:
+    """One row per (ours or a variant, baseline) of one problem: the seed pairs and the paired
+    difference of each compared metric (accuracy in percentage points)."""
+    by_pair: dict[tuple[str, str], dict[str, compare.Comparison]] = {}
+    for comparison in found:
+        by_pair.setdefault((comparison.ours, comparison.baseline), {})[comparison.metric] = (
+            comparison
+        )
+    rows = []
+    for (ours, baseline), metrics in by_pair.items():
+        loss, accuracy = metrics[agg.FINAL_TRAIN_LOSS], metrics[agg.FINAL_TEST_ACCURACY]
+        dropped = max(loss.dropped, accuracy.dropped)
+        rows.append(
+            {
+                "comparison": f"{ours} − {baseline}",
+                "seed pairs": f"{loss.pairs}" + (f" ({dropped} dropped)" if dropped else ""),
+                f"final training loss [{INTERVAL}]": difference(loss),
+                f"test accuracy, points of % [{INTERVAL}]": difference(accuracy, percent=True),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------- provenance

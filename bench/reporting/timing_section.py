@@ -68,11 +68,11 @@ def scaling_figure(scaling: pd.DataFrame, path: Path) -> Path:
     return figures.save_png(figure, path, dpi=100)
 
 
-def section(results: Path, profile: str, figures_dir: Path) -> Section:
-    """The timing section (its figure written into ``figures_dir``), or say it is absent."""
+def section(results: Path, profile: str, figures_dir: Path) -> Section | None:
+    """The timing section (its figure written into ``figures_dir``) (None: no results)."""
     folder = layout.timing_dir(profile, results)
     if not (folder / "steps.csv").is_file():
-        return Section(TITLE, (Paragraph("Absent: no timing results (`dvc repro timing`)."),))
+        return None
     environment = json.loads((folder / "environment.json").read_text())
     intro = (
         "Step cost per optimizer, amortised over a period of steps (ours recomputes its "
