@@ -9,7 +9,7 @@ PIP_INSTALL := $(PIP) install --quiet --constraint constraints.txt
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: readme step-cost venv test test-all bench lint format repro derivative-cost perf-check perf-baseline check-env clean
+.PHONY: compare readme step-cost venv test test-all bench lint format repro derivative-cost perf-check perf-baseline check-env clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -70,3 +70,8 @@ perf-check: venv
 
 perf-baseline: venv
 	$(PY) -m bench.studies.perf_check --update-baseline
+
+## Regression gate (exit 1 on a regression): make compare BASE=<git revision or summary.csv> [CURRENT=...] [ARGS=--md]
+compare: venv
+	@test -n "$(BASE)" || { echo "usage: make compare BASE=<revision or summary.csv> [CURRENT=...] [ARGS=--md|--json]" >&2; exit 2; }
+	$(PY) -m bench.compare $(BASE) $(CURRENT) $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)

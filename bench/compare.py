@@ -35,7 +35,7 @@ common is an error):
 Exit status 1 when any row regressed, 0 otherwise; 2 for bad input (:func:`bench.cli.run`): a
 revision without a summary, a summary of another profile (told by its ``results/<profile>/``
 folder: the summary itself does not record its profile), a malformed or truncated CSV, no cell in
-common. The tolerances are the ``compare`` section of params.yaml (:class:`CompareSettings`).
+common. The tolerances are the ``compare`` section of params.yaml (:class:`CompareConfig`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import math
 import re
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,8 @@ from scipy import stats as scipy_stats
 
 from bench import layout, schema
 from bench.cli import ArgumentParser, run
-from bench.config import load_config
-from bench.errors import ConfigError, UsageError
+from bench.config import CompareConfig, load_config
+from bench.errors import UsageError
 from bench.reporting.summary import (
     DIVERGED,
     FINAL_TEST_ACCURACY,
@@ -78,50 +78,9 @@ REGRESSED, IMPROVED, UNCHANGED, NOT_COMPARED = "regressed", "improved", "unchang
 Cell = tuple[str, str]  # (problem, optimizer)
 
 
-# ----------------------------------------------------------------------------- settings
-@dataclass(frozen=True)
-class CompareSettings:
-    """The ``compare`` section of params.yaml; every key may be left out (these defaults)."""
-
-    loss_tolerance: float = 0.05  # final training loss, relative to the baseline mean
-    accuracy_tolerance: float = 0.01  # final test accuracy, absolute (a fraction)
-    epochs_tolerance: float = 0.25  # time to target in epochs, relative
-    speed_tolerance: float = 0.3  # step cost × SGD, relative
-    memory_tolerance: float = 0.2  # peak memory, relative
-    target_tolerance: float = 0.001  # targets this close (relative) are one target
-    confidence: float = 0.95  # of each one-sided t bound
-
-    @classmethod
-    def from_params(cls, section: Any, source: str = "params.yaml") -> CompareSettings:
-        """Validate the raw ``compare`` mapping (None: every default); errors name the key."""
-        if section is None:
-            section = {}
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{source}: compare: expected a mapping, got {section!r}")
-        known = [item.name for item in fields(cls)]
-        for key, value in section.items():
-            if key not in known:
-                raise ConfigError(
-                    f"{source}: compare.{key}: unknown key (known keys: {', '.join(known)})"
-                )
-            _check_setting(f"{source}: compare.{key}", key, value)
-        return cls(**{key: float(value) for key, value in section.items()})
-
-
-def _check_setting(where: str, key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-    if key == "confidence" and not 0.5 < value < 1:
-        raise ConfigError(f"{where}: expected a confidence in (0.5, 1), got {value!r}")
-    if key == "accuracy_tolerance" and not 0 <= value <= 1:
-        raise ConfigError(f"{where}: expected an accuracy difference in [0, 1], got {value!r}")
-    if value < 0:
-        raise ConfigError(f"{where}: expected a tolerance >= 0, got {value!r}")
-
-
 @dataclass(frozen=True)
 class Measure:
-    """One compared figure: its column, its tolerance (a :class:`CompareSettings` field)."""
+    """One compared figure: its column, its tolerance (a :class:`CompareConfig` field)."""
 
     name: str
     tolerance: str
@@ -515,7 +474,7 @@ class Comparison:
     profile: str
     baseline: Side
     current: Side
-    settings: CompareSettings
+    settings: CompareConfig
     rows: tuple[Row, ...]
     one_sided: tuple[tuple[str, str, str, str], ...]  # (side, file, problem, optimizer)
     notes: tuple[str, ...] = field(default=())
@@ -559,7 +518,7 @@ def _one_sided(name: str, base: Mapping[Cell, Any], cur: Mapping[Cell, Any]):
     ]
 
 
-def compare(baseline: Side, current: Side, settings: CompareSettings, profile: str) -> Comparison:
+def compare(baseline: Side, current: Side, settings: CompareConfig, profile: str) -> Comparison:
     """Compare every cell of both sides' summaries (and steps, when both have them)."""
     common = sorted(baseline.summary.keys() & current.summary.keys())
     if not common:
@@ -630,7 +589,7 @@ def display(row: Row) -> list[str]:
             verdict]  # fmt: skip
 
 
-def rule(settings: CompareSettings) -> str:
+def rule(settings: CompareConfig) -> str:
     """One line: the tolerances and the test (the module docstring in short)."""
     tolerances = ", ".join(
         f"{m.name} {getattr(settings, m.tolerance):g} {'relative' if m.relative else 'absolute'}"
@@ -751,7 +710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile = config.profile if args.profile is None else args.profile
     if not layout.valid_profile(profile):
         raise UsageError(f"--profile {profile!r} is not a profile name")
-    settings = CompareSettings.from_params(config.raw.get("compare"), str(args.params))
+    settings = config.compare
     baseline = load_side(args.baseline, profile, config.root)
     current = load_side(args.current, profile, config.root)
     comparison = compare(baseline, current, settings, profile)

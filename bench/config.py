@@ -374,6 +374,30 @@ class TimingConfig(_Section):
 
 
 @dataclass(frozen=True)
+class CompareConfig(_Section):
+    """``compare``: the tolerances of ``python -m bench.compare`` (:mod:`bench.compare`); no
+    stage reads it. Every key may be omitted (these defaults)."""
+
+    loss_tolerance: float = 0.05  # final training loss, relative to the baseline mean
+    accuracy_tolerance: float = 0.01  # final test accuracy, absolute (a fraction)
+    epochs_tolerance: float = 0.25  # time to target in epochs, relative
+    speed_tolerance: float = 0.3  # step cost × SGD, relative
+    memory_tolerance: float = 0.2  # peak memory, relative
+    target_tolerance: float = 0.001  # targets this close (relative) are one target
+    confidence: float = 0.95  # of each one-sided t bound
+
+    def check(self) -> None:
+        for key in ("loss_tolerance", "epochs_tolerance", "speed_tolerance", "memory_tolerance",
+                    "target_tolerance"):  # fmt: skip
+            _positive(key, getattr(self, key), strict=False)
+        _fraction("accuracy_tolerance", self.accuracy_tolerance, low_open=False, high_open=False)
+        if not 0.5 < self.confidence < 1:
+            raise FieldError(
+                "confidence", f"expected a confidence in (0.5, 1), got {self.confidence!r}"
+            )
+
+
+@dataclass(frozen=True)
 class ReportConfig(_Section):
     """``report``: no parameters yet (the section exists so the stage has one)."""
 
@@ -395,6 +419,7 @@ class Config(_Section):
     invariance: InvarianceConfig
     timing: TimingConfig
     report: ReportConfig
+    compare: CompareConfig = field(default_factory=CompareConfig)  # may be omitted
     plugins: tuple[str, ...] = ()  # may be omitted: modules imported by load_extensions
     raw: Mapping[str, Any] = field(default_factory=_frozen, repr=False, compare=False)
     # The project folder: the params file's. Relative paths of a run (results, checkpoints) are
@@ -441,8 +466,8 @@ class Config(_Section):
 
 
 # Sections whose keys may be left out (their dataclasses have defaults), and top-level keys.
-OMISSIBLE = (OptimizerConfig, AggregateConfig, RegisterConfig)
-OPTIONAL_TOP_LEVEL = ("plugins",)
+OMISSIBLE = (OptimizerConfig, AggregateConfig, RegisterConfig, CompareConfig)
+OPTIONAL_TOP_LEVEL = ("plugins", "compare")
 # Keys that moved: an old params file gets told where they went.
 MOVED = {"train.progress": "runtime.progress", "train.checkpoint_dir": "runtime.checkpoint_dir"}
 
