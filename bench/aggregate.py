@@ -1,8 +1,10 @@
 """Aggregate stage: the runs of params' cells → ``summary.csv`` and ``summary.json``.
 
-The rules (diverged runs kept, Student-t intervals, the training-loss target) are
-:mod:`bench.reporting.summary`'s. Reads params ``profile``, ``aggregate.train_loss_target`` and
-the cells ``problems × optimizers × seeds`` (exactly those runs; a missing one is an error).
+The rules (diverged runs kept, Student-t intervals, the training-loss targets) are
+:mod:`bench.reporting.summary`'s; the paired comparisons of ours and its variants against the
+baselines (summary.json's ``comparisons`` per problem) :mod:`bench.reporting.comparisons`'. Reads
+params ``profile``, ``aggregate.train_loss_target`` and the cells ``problems × optimizers ×
+seeds`` (exactly those runs; a missing one is an error).
 
     python -m bench.aggregate [--params params.yaml] [--profile default] [--results results]
 """

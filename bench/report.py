@@ -2,7 +2,9 @@
 
 The sections, tables and figures are :mod:`bench.reporting.report`'s. Reads params ``profile``,
 ``train.probe.optimizers`` (whose probe sentences the report gives) and the cells
-``problems × optimizers × seeds`` (exactly those runs; a missing one is an error).
+``problems × optimizers × seeds`` (exactly those runs; a missing one is an error), with the tune
+files of their (problem, optimizer) cells (the grid edges) and the invariance and timing results
+when present.
 
     python -m bench.report [--params params.yaml] [--profile default] [--results results]
                            [--reports reports]

@@ -11,6 +11,9 @@ names are spelt out here on purpose (an independent statement of the record's fo
 The problems carry registered names, so a params file can name them: ``write_params`` writes one
 whose cells (problems × optimizers × seeds) are those of a tree written with the same ``layout``
 and ``seeds``, as the aggregate and the report read exactly params' cells.
+``write_tune_files`` writes ``root/<profile>/tune/<problem>/<optimizer>.json`` for a layout, the
+choice of each cell set by :data:`TUNE_CHOICE` (at an edge of its grid or inside it), half of
+them with the tune stage's ``at_edge`` key and half without (the report computes it then).
 """
 
 from __future__ import annotations
@@ -203,3 +206,52 @@ def write_params(
         params["train"]["probe"]["optimizers"] = list(probe_optimizers)
     Path(path).write_text(yaml.safe_dump(params, sort_keys=False))
     return Path(path)
+
+
+# Tune grids: lr (3 values) for all, lr × damping for kfac. Index of the chosen value per axis:
+# 0 or 2 is an edge of the grid, 1 is inside.
+TUNE_LR = (0.01, 0.1, 0.3)
+TUNE_DAMPING = (0.03, 0.1, 0.3)
+TUNE_CHOICE = {"sgd": {"lr": 1}, "adam": {"lr": 2}, "partitioned_newton": {"lr": 0},
+               "kfac": {"lr": 1, "damping": 0}}  # fmt: skip
+
+
+def tune_record(problem: str, optimizer: str, with_key: bool) -> dict:
+    """One tune file's content: the grid's rows, the chosen point, ``at_edge`` when asked."""
+    choice = TUNE_CHOICE.get(optimizer, {"lr": 1})
+    axes = {"lr": TUNE_LR} | ({"damping": TUNE_DAMPING} if "damping" in choice else {})
+    best = {axis: axes[axis][index] for axis, index in choice.items()}
+    rows = []
+    for values in np.array(np.meshgrid(*axes.values(), indexing="ij")).reshape(len(axes), -1).T:
+        point = dict(zip(axes, map(float, values), strict=True))
+        distance = sum(abs(math.log(point[a] / best[a])) for a in axes)
+        rows.append({**point, "valid_loss": 0.5 + distance, "valid_accuracy": 0.9,
+                     "train_loss": 0.4 + distance, "diverged": False})  # fmt: skip
+    record = {"problem": problem, "optimizer": optimizer, "grid": rows, "best": best,
+              "all_diverged": False, "epochs": 2}  # fmt: skip
+    if with_key:
+        record["at_edge"] = [a for a, i in choice.items() if i in (0, len(axes[a]) - 1)]
+    return record
+
+
+def expected_edges(layout: dict[str, tuple[str, ...]] | None = None) -> set[tuple[str, str, str]]:
+    """(problem, optimizer, hyperparameter) of every choice at an edge of its grid."""
+    return {
+        (problem, optimizer, axis)
+        for problem, optimizers in (layout or LAYOUT).items()
+        for optimizer in optimizers
+        for axis, index in TUNE_CHOICE.get(optimizer, {"lr": 1}).items()
+        if index in (0, 2)
+    }
+
+
+def write_tune_files(
+    root: Path, *, profile: str = "default", layout: dict[str, tuple[str, ...]] | None = None
+) -> None:
+    """``root/<profile>/tune/<problem>/<optimizer>.json`` for every cell of ``layout``."""
+    for problem, optimizers in (layout or LAYOUT).items():
+        for index, optimizer in enumerate(optimizers):
+            folder = Path(root) / profile / "tune" / problem
+            folder.mkdir(parents=True, exist_ok=True)
+            record = tune_record(problem, optimizer, with_key=index % 2 == 0)
+            (folder / f"{optimizer}.json").write_text(json.dumps(record, indent=2))

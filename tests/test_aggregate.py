@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from scipy import stats
 from bench import aggregate, schema
 from bench.cli import run
 from bench.errors import ConfigError, UsageError
+from bench.reporting import comparisons
 from bench.reporting import summary as aggregation
 from bench.reporting.runs import Run
 
@@ -55,8 +57,9 @@ def _value(summary: pd.DataFrame, problem: str, optimizer: str, seed: int, metri
     return float(rows["value"].iloc[0])
 
 
-def _independent_targets(written: dict) -> dict[str, float]:
-    """The documented rule, recomputed: max over optimizers of the mean non-diverged final loss."""
+def _independent_targets(written: dict, pick=max) -> dict[str, float]:
+    """The documented rules, recomputed: ``pick`` (max: the earlier rule, median: the separating
+    one) over optimizers of the mean non-diverged final loss (every fixture optimizer trains)."""
     targets = {}
     for problem, optimizers in LAYOUT.items():
         means = []
@@ -68,7 +71,7 @@ def _independent_targets(written: dict) -> dict[str, float]:
             ]
             if finals:
                 means.append(sum(finals) / len(finals))
-        targets[problem] = max(means)
+        targets[problem] = pick(means)
     return targets
 
 
@@ -112,7 +115,7 @@ def test_statistics_and_summary_json_match_an_independent_computation(tree):
     table = aggregation.statistics(_summary(results)).set_index(["problem", "optimizer", "metric"])
     assert set(headline) == set(LAYOUT)
     for problem, optimizers in LAYOUT.items():
-        assert set(headline[problem]) == set(optimizers)
+        assert set(headline[problem]) == {*optimizers, "comparisons"}
         for optimizer in optimizers:
             cell = [m for (p, o, _), m in written.items() if p == problem and o == optimizer]
             kept = [m for m in cell if not m["diverged"]]
@@ -141,13 +144,27 @@ def test_statistics_and_summary_json_match_an_independent_computation(tree):
     }
 
 
-def test_time_to_target_follows_the_documented_rule(tree):
+@pytest.mark.parametrize(
+    ("pick", "target_metric", "epochs_metric", "seconds_metric"),
+    [
+        (max, "train_loss_target", "time_to_target_epochs", "time_to_target_seconds"),
+        (
+            statistics.median,
+            "separating_train_loss_target",
+            "time_to_separating_target_epochs",
+            "time_to_separating_target_seconds",
+        ),
+    ],
+)
+def test_time_to_target_follows_the_documented_rules(
+    tree, pick, target_metric, epochs_metric, seconds_metric
+):
     results, written = tree
     summary = _summary(results)
-    targets = _independent_targets(written)
+    targets = _independent_targets(written, pick)
     for problem, optimizer, seed in written:
         target = targets[problem]
-        assert _value(summary, problem, optimizer, seed, "train_loss_target") == pytest.approx(
+        assert _value(summary, problem, optimizer, seed, target_metric) == pytest.approx(
             target, rel=1e-12
         )
         assert _value(summary, problem, optimizer, seed, "train_loss_target_from_params") == 0.0
@@ -159,12 +176,12 @@ def test_time_to_target_follows_the_documented_rule(tree):
             if math.isfinite(row["train_loss"]) and row["train_loss"] <= target:
                 expected_epoch, expected_seconds = row["epoch"], row["wall_clock"]
                 break
-        got_epoch = _value(summary, problem, optimizer, seed, "time_to_target_epochs")
-        got_seconds = _value(summary, problem, optimizer, seed, "time_to_target_seconds")
+        got_epoch = _value(summary, problem, optimizer, seed, epochs_metric)
+        got_seconds = _value(summary, problem, optimizer, seed, seconds_metric)
         np.testing.assert_equal(got_epoch, expected_epoch)
         np.testing.assert_allclose(got_seconds, expected_seconds, rtol=1e-12)
     # both outcomes occur in the fixture (the diverged runs never reach it)
-    reached = summary[summary["metric"] == "time_to_target_epochs"]["value"]
+    reached = summary[summary["metric"] == epochs_metric]["value"]
     assert reached.notna().any() and reached.isna().any()
 
 
@@ -175,6 +192,7 @@ def test_target_from_params_overrides_the_rule(tmp_path, seed):
     assert _aggregate(results, params) == 0
     summary = _summary(results)
     assert _value(summary, "digits_mlp", "sgd", 0, "train_loss_target") == 1.5
+    assert _value(summary, "digits_mlp", "sgd", 0, "separating_train_loss_target") == 1.5
     assert _value(summary, "digits_mlp", "sgd", 0, "train_loss_target_from_params") == 1.0
     assert _value(summary, "mnist1d_mlp", "sgd", 0, "train_loss_target_from_params") == 0.0
 
@@ -365,8 +383,158 @@ def test_an_optimizer_that_never_lowers_the_loss_does_not_set_the_target():
     slow = [start, start * 0.6, start * 0.4]
     stuck = [start, start, start * 1.01]  # a run that never moved (or went up)
     runs = [_run("fast", fast), _run("slow", slow), _run("stuck", stuck)]
+    worst = aggregation.train_loss_targets(runs, rule=aggregation.WORST_TARGET_RULE)["p_mlp"]
+    assert worst[0] == pytest.approx(slow[-1]) and not worst[1]
     (target, from_params) = aggregation.train_loss_targets(runs)["p_mlp"]
-    assert target == pytest.approx(slow[-1]) and not from_params
+    assert target == pytest.approx((fast[-1] + slow[-1]) / 2) and not from_params
     assert [aggregation.loss_decreased(r.history) for r in runs] == [True, True, False]
     assert not aggregation.loss_decreased(pd.DataFrame({"train_loss": [2.0, float("nan")]}))
     assert not aggregation.loss_decreased(pd.DataFrame({"train_loss": [2.0]}))
+
+
+def _reaching(runs: list[Run], target: float) -> set[str]:
+    return {
+        run.optimizer
+        for run in runs
+        if math.isfinite(aggregation.time_to_target(run.history.assign(wall_clock=0.0), target)[0])
+    }
+
+
+def test_the_separating_target_separates_where_the_earlier_rule_does_not():
+    """Three optimizers whose seeds end at the same loss: the earlier rule's target (the worst
+    optimizer's mean) is reached by every run; the median is reached by the two faster ones only,
+    at different epochs."""
+    rng = np.random.default_rng()
+    start = float(rng.uniform(2.0, 3.0))
+    curves = {
+        "fast": [start, start * 0.2, start * 0.05, start * 0.02],
+        "middle": [start, start * 0.5, start * 0.2, start * 0.1],
+        "slow": [start, start * 0.8, start * 0.6, start * 0.4],
+    }
+    runs = [_run(o, c, seed) for o, c in curves.items() for seed in (0, 1)]
+    worst = aggregation.train_loss_targets(runs, rule=aggregation.WORST_TARGET_RULE)["p_mlp"][0]
+    assert _reaching(runs, worst) == set(curves)  # reached by construction
+    median = aggregation.train_loss_targets(runs)["p_mlp"][0]
+    assert median == pytest.approx(start * 0.1)
+    assert _reaching(runs, median) == {"fast", "middle"}
+    epochs = {r.optimizer: aggregation.time_to_target(r.history.assign(wall_clock=0.0), median)[0]
+              for r in runs}  # fmt: skip
+    assert epochs["fast"] == 2.0 and epochs["middle"] == 3.0 and math.isnan(epochs["slow"])
+
+
+def _wide(values: dict[tuple[str, str, int], dict[str, float]]) -> pd.DataFrame:
+    """A wide table (index problem, optimizer, seed) from {(p, o, s): {metric: value}}."""
+    frame = pd.DataFrame.from_dict(values, orient="index")
+    frame.index = pd.MultiIndex.from_tuples(frame.index, names=["problem", "optimizer", "seed"])
+    return frame
+
+
+def test_paired_interval_matches_scipy_and_drops_diverged_pairs():
+    rng = np.random.default_rng()
+    seeds = range(6)
+    ours, base = rng.normal(1.0, 0.3, 6), rng.normal(1.2, 0.3, 6)
+    accuracy = rng.uniform(0.5, 0.9, (2, 6))
+    values = {}
+    for seed in seeds:
+        diverged = float(seed == 4)  # the baseline diverged on seed 4
+        values[("p", "partitioned_newton", seed)] = {
+            "final_train_loss": ours[seed], "final_test_accuracy": accuracy[0, seed],
+            "diverged": 0.0,
+        }  # fmt: skip
+        values[("p", "sgd", seed)] = {
+            "final_train_loss": math.nan if diverged else base[seed],
+            "final_test_accuracy": accuracy[1, seed], "diverged": diverged,
+        }  # fmt: skip
+    found = {c.metric: c for c in comparisons.paired_comparisons(_wide(values))}
+    kept = [s for s in seeds if s != 4]
+    for metric, (a, b) in {
+        "final_train_loss": (ours[kept], base[kept]),
+        "final_test_accuracy": (accuracy[0, kept], accuracy[1, kept]),
+    }.items():
+        reference = stats.ttest_rel(a, b).confidence_interval(0.95)
+        c = found[metric]
+        assert (c.ours, c.baseline, c.pairs, c.dropped) == ("partitioned_newton", "sgd", 5, 1)
+        assert c.difference == pytest.approx(float(np.mean(a - b)), rel=1e-12)
+        assert c.ci_low == pytest.approx(reference.low, rel=1e-9)
+        assert c.ci_high == pytest.approx(reference.high, rel=1e-9)
+        assert c.excludes_zero == (reference.low > 0 or reference.high < 0)
+        word = "lower" if c.difference < 0 else "higher"
+        assert c.verdict == (word if c.excludes_zero else "no clear difference")
+
+
+def test_compared_pairs_are_ours_and_its_variants_against_every_baseline():
+    names = ["sgd", "cauchy", "kfac", "partitioned_newton_diag", "partitioned_newton", "adam"]
+    assert comparisons.compared_pairs(names) == [
+        (ours, base)
+        for ours in ("partitioned_newton", "partitioned_newton_diag", "cauchy")
+        for base in ("adam", "kfac", "sgd")
+    ]
+    assert comparisons.compared_pairs(["sgd", "adam"]) == []
+
+
+def test_summary_json_comparisons_are_the_paired_ones(tree):
+    results, written = tree
+    headline = json.loads((results / "default" / "summary.json").read_text())
+    entry = headline["digits_mlp"]["comparisons"]["partitioned_newton"]["adam"]["final_train_loss"]
+    pairs = [
+        (written[("digits_mlp", "partitioned_newton", s)], written[("digits_mlp", "adam", s)])
+        for s in SEEDS
+    ]
+    kept = [(a, b) for a, b in pairs if not (a["diverged"] or b["diverged"])]
+    assert entry["pairs"] == len(kept) and entry["dropped_pairs"] == len(pairs) - len(kept) == 1
+    a, b = (np.array([p[i]["final_train_loss"] for p in kept]) for i in (0, 1))
+    reference = stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert entry["difference"] == pytest.approx(float(np.mean(a - b)), rel=1e-12)
+    assert (entry["ci_low"], entry["ci_high"]) == pytest.approx(tuple(reference), rel=1e-9)
+    assert set(headline["digits_mlp"]["comparisons"]) == {
+        "partitioned_newton", "partitioned_newton_diag", "cauchy"
+    }  # fmt: skip
+    assert set(headline["digits_mlp"]["comparisons"]["cauchy"]) == {"sgd", "adam"}
+
+
+def test_performance_profile_on_a_hand_computed_case():
+    """Epochs to target, 2 seeds each, 3 problems (∞: never reached, d: diverged).
+
+    p1: a (2, 2) → 2, b (4, 4) → 4, c (∞, ∞) → ∞       ratios a 1, b 2, c ∞
+    p2: a (3, 5) → 4, b (2, 2) → 2, c (d, 8) → ∞       ratios a 2, b 1, c ∞
+    p3: a (6, 6) → 6, b (∞, ∞) → ∞, c (3, 3) → 3       ratios a 2, b ∞, c 1
+    """
+    times = {
+        "p1": {"a": (2, 2), "b": (4, 4), "c": (math.nan, math.nan)},
+        "p2": {"a": (3, 5), "b": (2, 2), "c": (1, 8)},
+        "p3": {"a": (6, 6), "b": (math.nan, math.nan), "c": (3, 3)},
+    }
+    values = {
+        (p, o, s): {"t": float(t[s]), "diverged": float((p, o, s) == ("p2", "c", 0))}
+        for p, by_optimizer in times.items()
+        for o, t in by_optimizer.items()
+        for s in (0, 1)
+    }
+    profile = comparisons.performance_profile(_wide(values), "t")
+    inf = math.inf
+    expected = pd.DataFrame(
+        {"p1": [1.0, 2.0, inf], "p2": [2.0, 1.0, inf], "p3": [2.0, inf, 1.0]}, index=["a", "b", "c"]
+    )
+    pd.testing.assert_frame_equal(profile.ratios, expected, check_names=False)
+    assert profile.rho(1.0).to_dict() == pytest.approx({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3})
+    assert profile.rho(2.0).to_dict() == pytest.approx({"a": 1.0, "b": 2 / 3, "c": 1 / 3})
+    # score: each problem with r ≤ 16 adds (4 − log2 r) / 4 / 3
+    assert profile.score().to_dict() == pytest.approx(
+        {"a": (1 + 0.75 + 0.75) / 3, "b": (0.75 + 1) / 3, "c": 1 / 3}
+    )
+    assert profile.ranking() == ["a", "b", "c"]
+
+
+def test_performance_profile_edge_cases():
+    """Nobody reaches the target: ∞ for all; the fastest at epoch 0: 1 for it, ∞ for the rest."""
+    values = {
+        ("p1", "a", 0): {"t": math.nan, "diverged": 0.0},
+        ("p1", "b", 0): {"t": math.nan, "diverged": 0.0},
+        ("p2", "a", 0): {"t": 0.0, "diverged": 0.0},
+        ("p2", "b", 0): {"t": 2.0, "diverged": 0.0},
+    }
+    ratios = comparisons.performance_profile(_wide(values), "t").ratios
+    assert ratios.to_dict() == {
+        "p1": {"a": math.inf, "b": math.inf},
+        "p2": {"a": 1.0, "b": math.inf},
+    }

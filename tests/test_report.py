@@ -22,19 +22,24 @@ from fixtures_results import (
     LAYOUT,
     PROBE_EXPECTED_PATTERN,
     SEEDS,
+    expected_edges,
+    tune_record,
     write_params,
     write_results_tree,
+    write_tune_files,
 )
 
 from bench import aggregate, report
 from bench.cli import run
 from bench.errors import UsageError
-from bench.reporting import figures, tables
+from bench.reporting import document, figures, tables, tuning
 from bench.reporting import report as reporting
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+KINDS = ("loss", "accuracy", "eta", "ablation", "probe")  # the figures of each fixture problem
+FIGURE_COUNT = len(KINDS) * len(LAYOUT) + 1  # and the performance profile
 
 
 def _seed() -> int:
@@ -43,10 +48,12 @@ def _seed() -> int:
     return value
 
 
-def _build(root: Path, params_probe=None, **tree) -> tuple[Path, Path, dict]:
+def _build(root: Path, params_probe=None, tune=True, **tree) -> tuple[Path, Path, dict]:
     results, reports = root / "results", root / "reports"
     written = write_results_tree(results, seed=_seed(), **tree)
     cells = {"layout": tree.get("layout", LAYOUT), "seeds": tree.get("seeds", SEEDS)}
+    if tune:
+        write_tune_files(results, layout=cells["layout"])
     params = write_params(root / "params.yaml", probe_optimizers=params_probe, **cells)
     options = ["--profile", "default", "--params", str(params), "--results", str(results)]
     assert aggregate.main(options) == 0
@@ -67,8 +74,9 @@ def test_report_files_exist_and_list_every_optimizer(built):
         assert optimizer in markdown and optimizer in page, optimizer
     for problem in LAYOUT:
         assert f"Problem `{problem}`" in markdown
-        for kind in ("loss", "accuracy", "eta", "ablation", "probe"):
+        for kind in KINDS:
             assert (out / "figures" / f"{kind}_{problem}.png").read_bytes().startswith(PNG_MAGIC)
+    assert (out / "figures" / "performance_profile.png").read_bytes().startswith(PNG_MAGIC)
     for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
         assert (out / target).is_file(), target
     assert markdown.count("regenerate: `dvc repro report`") >= 2 * 8
@@ -81,7 +89,7 @@ def test_html_is_self_contained(built):
     assert not re.search(r"https?://", page, re.IGNORECASE)
     assert "<link" not in page and "<script" not in page and "url(" not in page
     sources = re.findall(r"<img [^>]*src=\"([^\"]*)\"", page)
-    assert len(sources) == len(re.findall(r"<img ", page)) == 5 * len(LAYOUT)
+    assert len(sources) == len(re.findall(r"<img ", page)) == FIGURE_COUNT
     for source in sources:
         assert source.startswith("data:image/png;base64,")
         assert base64.b64decode(source.split(",", 1)[1]).startswith(PNG_MAGIC)
@@ -89,32 +97,65 @@ def test_html_is_self_contained(built):
 
 
 def _parse_mean_std(cell: str) -> tuple[float, float]:
-    match = re.match(r"([-0-9.e+]+) ± ([-0-9.e+]+)", cell)
+    match = re.match(r"\**([-0-9.e+]+) ± ([-0-9.e+]+)", cell)
     assert match, cell
     return float(match.group(1)), float(match.group(2))
+
+
+def _headline_rows(table: str) -> tuple[list[str], list[list[str]]]:
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    split = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return split[0], split[2:]
 
 
 def test_headline_table_is_the_generated_file_and_has_the_right_numbers(built):
     results, out, written = built
     summary = pd.read_csv(results / "default" / "summary.csv")
-    table = tables.headline_table(summary)
+    ranking = (out / "headline.md").read_text().strip().splitlines()[-1]
+    assert ranking.startswith("Time to target, performance profile over 2 problems")
+    table = tables.headline_table(summary, ranking)
     assert (out / "headline.md").read_text() == table
-    rows = [line.split(" | ") for line in table.strip().splitlines()[2:]]
-    assert len(rows) == len({(p, o) for p, o, _ in written})
+    header, rows = _headline_rows(table)
+    assert header[:2] == ["optimizer", "mean rank"] and header[-1] == "marks"
+    assert len(rows) == len({o for _, o, _ in written})
     for row in rows:
-        problem, optimizer = row[0].lstrip("| "), row[1]
-        cell = [m for (p, o, _), m in written.items() if p == problem and o == optimizer]
-        kept = [m for m in cell if not m["diverged"]]
-        loss = np.array([m["final_train_loss"] for m in kept])
-        accuracy = 100 * np.array([m["final_test_accuracy"] for m in kept])
-        mean, std = _parse_mean_std(row[3])
-        assert mean == pytest.approx(loss.mean(), rel=1e-3)
-        assert std == pytest.approx(loss.std(ddof=1), rel=1e-1)
-        mean, std = _parse_mean_std(row[4])
-        assert mean == pytest.approx(accuracy.mean(), abs=0.006)
-        assert std == pytest.approx(accuracy.std(ddof=1), abs=0.006)
-        diverged = len(cell) - len(kept)
-        assert (f"({diverged}/{len(cell)} diverged)" in row[3]) == (diverged > 0)
+        optimizer = row[0]
+        for problem in LAYOUT:
+            cell = [m for (p, o, _), m in written.items() if p == problem and o == optimizer]
+            kept = [m for m in cell if not m["diverged"]]
+            loss = np.array([m["final_train_loss"] for m in kept])
+            accuracy = 100 * np.array([m["final_test_accuracy"] for m in kept])
+            mean, std = _parse_mean_std(row[header.index(f"{problem} loss")])
+            assert mean == pytest.approx(loss.mean(), rel=1e-3)
+            assert std == pytest.approx(loss.std(ddof=1), rel=1e-1)
+            mean, std = _parse_mean_std(row[header.index(f"{problem} acc. (%)")])
+            assert mean == pytest.approx(accuracy.mean(), abs=0.006)
+            assert std == pytest.approx(accuracy.std(ddof=1), abs=0.006)
+            diverged = len(cell) - len(kept)
+            mark = f"(diverged {diverged}/{len(cell)})"
+            assert (mark in row[-1] and problem in row[-1]) == (diverged > 0), row
+    ranks = [float(row[1]) for row in rows]
+    assert ranks == sorted(ranks)  # ordered by mean rank
+
+
+def test_headline_ranks_marks_and_bolds_the_best_of_each_column():
+    summary = _summary(
+        {
+            ("p", "sgd"): [(0, 1, None, 0.5, 0.9), (0, 1, None, 0.7, 0.7)],
+            ("p", "adam"): [(0, 1, None, 0.2, 0.6), (0, 1, None, 0.4, 0.6)],
+            ("q", "sgd"): [(0, 1, None, 0.1, 0.5), (0, 1, None, 0.1, 0.5)],
+            ("q", "adam"): [(1, 0, None, 9.0, 0.1), (0, 1, None, 0.3, 0.4)],
+        }
+    )
+    header, rows = _headline_rows(tables.headline_table(summary))
+    # adam: rank 1 on p, 2 on q → 1.5; sgd: 2 on p, 1 on q → 1.5; ties by name
+    assert [(r[0], r[1]) for r in rows] == [("adam", "1.5"), ("sgd", "1.5")]
+    adam, sgd = rows
+    assert adam[header.index("p loss")].startswith("**0.3 ±")
+    assert sgd[header.index("p acc. (%)")].startswith("**80.00 ±")
+    assert sgd[header.index("q loss")].startswith("**0.1 ±")
+    assert adam[header.index("q loss")] == "0.3 (n=1)" and adam[-1] == "(diverged 1/2) q"
+    assert sgd[-1] == ""
 
 
 def test_readme_headline_markers_are_parsed():
@@ -153,22 +194,35 @@ def test_probe_sentence_names_the_over_and_under_stepped_subsets(built):
         }
         assert {kind: sorted(names) for kind, names in found.items()} == expected, sentence
     assert "**adam**: absent (no probe.csv in its runs)." in markdown
-    assert "**kfac**: absent (not run on this problem)." in markdown
+    assert "kfac" not in markdown  # a probe optimizer of params that was not run: no row
 
 
-def test_missing_pieces_are_reported_as_absent(tmp_path, built):
+def test_sections_only_for_what_ran(tmp_path, built):
+    """No η, ablation, probe, comparison, tuning or study section without its data; the intro
+    names the studies left out; the contents list only the sections there."""
     layout = {"digits_mlp": ("sgd", "adam"), "mnist1d_mlp": ("sgd", "adam")}
-    _, out, _ = _build(tmp_path, layout=layout, diverged=(), probe_optimizers=())
+    _, out, _ = _build(tmp_path, tune=False, layout=layout, diverged=(), probe_optimizers=())
     markdown = (out / "report.md").read_text()
+    for absent in ("η_s of our", "Ablations", "probe η*", "Ours against", "Tuning", "Absent",
+                   "## Reparameterization invariance", "## Timing"):  # fmt: skip
+        assert absent not in markdown, absent
+    assert "Not in this report (no results yet): invariance" in markdown
     for problem in layout:
-        part = markdown.split(f"## Problem `{problem}`", 1)[1].split("## Problem", 1)[0]
-        assert "Absent: no run on this problem has `diag/eta/<subset>` history columns." in part
-        assert "Absent: none of the ablation variants was run on this problem." in part
-        assert "Absent: no probe.csv on this problem." in part
         assert not (out / "figures" / f"eta_{problem}.png").exists()
-    _, full, _ = built  # every ablation variant of params but partitioned_newton_order2
-    assert "Absent variants: partitioned_newton_order2." in (full / "report.md").read_text()
+        assert not (out / "figures" / f"ablation_{problem}.png").exists()
+    _, full, _ = built
+    text = (full / "report.md").read_text()
+    assert "partitioned_newton_order2" not in text and "Absent" not in text
     assert (full / "figures" / "eta_digits_mlp.png").exists()
+    assert "### Ablations: ours and its variants" in text and "## Tuning" in text
+
+
+def test_ablation_section_needs_a_variant(tmp_path):
+    layout = {"digits_mlp": ("sgd", "partitioned_newton")}
+    _, out, _ = _build(tmp_path, layout=layout, diverged=())
+    markdown = (out / "report.md").read_text()
+    assert "Ablations" not in markdown and "η_s of our optimizers" in markdown
+    assert "| partitioned_newton − sgd |" in markdown
 
 
 def test_all_seeds_diverged_is_shown_as_diverged(tmp_path):
@@ -176,7 +230,7 @@ def test_all_seeds_diverged_is_shown_as_diverged(tmp_path):
     layout = {"digits_mlp": ("sgd", "adam")}
     results, out, _ = _build(tmp_path, layout=layout, seeds=(0, 1), diverged=diverged)
     headline = (out / "headline.md").read_text()
-    assert "| digits_mlp | adam | 2 | diverged (2/2) | diverged (2/2) |" in headline
+    assert "| adam | 2.0 | — | — | (diverged 2/2) digits_mlp |" in headline
     summary = json.loads((results / "default" / "summary.json").read_text())
     assert summary["digits_mlp"]["adam"]["final_train_loss_mean"] is None
     assert summary["digits_mlp"]["adam"]["diverged_runs"] == 2
@@ -193,7 +247,7 @@ def test_a_failing_report_leaves_the_previous_one_intact(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("figure failed")
 
-    monkeypatch.setattr(figures, "probe", broken)
+    monkeypatch.setattr(figures, "save_png", broken)
     argv = ["--params", str(tmp_path / "params.yaml"), "--results", str(results)]
     with pytest.raises(RuntimeError, match="figure failed"):
         report.main([*argv, "--reports", str(out.parent)])
@@ -277,6 +331,12 @@ window.addEventListener("error", function (e) { errors.push(String(e.message || 
 window.addEventListener("load", function () {
   document.querySelectorAll("img").forEach(function (img) {
     img.setAttribute("data-natural-width", img.naturalWidth); });
+  var links = document.querySelectorAll('a[href^="#"]'), broken = 0;
+  links.forEach(function (a) {
+    if (!document.getElementById(decodeURIComponent(a.getAttribute("href").slice(1)))) {
+      broken += 1; } });
+  document.body.setAttribute("data-links", links.length);
+  document.body.setAttribute("data-broken-links", broken);
   document.body.setAttribute("data-errors", errors.length);
 });
 </script>"""
@@ -302,9 +362,12 @@ def _page_errors(stderr: str, page: Path) -> list[str]:
 
 
 @pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)"
+    not CHROMIUM.exists() and not os.environ.get("CI"),
+    reason="/usr/bin/chromium is absent (apt-get install chromium); in CI it must be there",
 )
 def test_index_html_renders_in_headless_chromium(built, tmp_path):
+    """Every figure decodes (naturalWidth > 0), every contents link reaches an element id, no
+    error event, and the screenshot shows a page with figures."""
     _, out, _ = built
     page = tmp_path / "index.html"
     shutil.copy(out / "index.html", page)
@@ -313,7 +376,10 @@ def test_index_html_renders_in_headless_chromium(built, tmp_path):
 
     dump = _chromium(probed, tmp_path / "profile-dom", "--dump-dom")
     widths = [int(w) for w in re.findall(r'data-natural-width="(\d+)"', dump.stdout)]
-    assert len(widths) == 5 * len(LAYOUT) and all(w > 0 for w in widths), widths
+    assert len(widths) == FIGURE_COUNT and all(w > 0 for w in widths), widths
+    links = int(re.search(r'data-links="(\d+)"', dump.stdout).group(1))
+    assert links == len(re.findall(r'<a href="#', page.read_text())) > 10
+    assert 'data-broken-links="0"' in dump.stdout
     assert 'data-errors="0"' in dump.stdout
     assert _page_errors(dump.stderr, probed) == []
 
@@ -333,16 +399,18 @@ def test_index_html_renders_in_headless_chromium(built, tmp_path):
     assert colourful.mean() > 0.002
 
 
-def _summary(cells: dict[tuple[str, str], list[tuple[float, float, float | None]]]):
-    """(problem, optimizer) → per seed (diverged, loss_decreased, usable_solves or None)."""
+def _summary(cells: dict[tuple[str, str], list[tuple]]) -> pd.DataFrame:
+    """(problem, optimizer) → per seed (diverged, loss_decreased, usable_solves or None[, final
+    loss, final accuracy])."""
     rows = []
     for (problem, optimizer), seeds in cells.items():
-        for seed, (diverged, decreased, solves) in enumerate(seeds):
+        for seed, (diverged, decreased, solves, *finals) in enumerate(seeds):
+            loss, accuracy = finals or (1.0 + seed, 0.5)
             values = {
                 "diverged": diverged,
                 "loss_decreased": decreased,
-                "final_train_loss": 1.0 + seed,
-                "final_test_accuracy": 0.5,
+                "final_train_loss": loss,
+                "final_test_accuracy": accuracy,
             }
             if solves is not None:
                 values["usable_solves"] = solves
@@ -362,13 +430,15 @@ def test_headline_marks_cells_that_did_not_train_and_says_why():
     )
     assert tables.stalled_cells(summary) == {("p", "newton2"), ("p", "stuck")}
     table = tables.headline_table(summary)
-    assert "| p | newton2 (did not train) |" in table and "| p | stuck (did not train) |" in table
-    assert "| p | half |" in table and "| p | boom |" in table and "| p | sgd |" in table
-    note = table.strip().splitlines()[-1]
-    assert note.startswith("(did not train)") and "For newton2, no curvature" in note
-    assert "stuck" not in note
+    _, rows = _headline_rows(table)
+    marks = {row[0]: row[-1] for row in rows}
+    assert marks == {"sgd": "", "half": "", "newton2": "(did not train) p",
+                     "stuck": "(did not train) p", "boom": "(diverged 2/2) p"}  # fmt: skip
+    assert [row[0] for row in rows][-3:] == ["boom", "newton2", "stuck"]  # ranked last
+    note = next(line for line in table.splitlines() if line.startswith("(did not train)"))
+    assert "For newton2, no curvature" in note and "stuck" not in note
     clean = _summary({("p", "sgd"): [(0, 1, None), (0, 1, None)]})
-    assert "did not train" not in tables.headline_table(clean)
+    assert "(did not train)" not in tables.headline_table(clean)
 
 
 def test_provenance_summarises_per_cell_params_hashes(built):
@@ -415,3 +485,90 @@ def test_figures_are_deterministic_palette_pngs(tmp_path):
     assert paths[0].read_bytes() == paths[1].read_bytes()  # same figure, same bytes
     with Image.open(paths[0]) as image:
         assert image.format == "PNG" and image.mode == "P"
+
+
+def test_contents_links_resolve_in_html_and_markdown(built):
+    _, out, _ = built
+    page = (out / "index.html").read_text()
+    ids = re.findall(r'<h[1-6] id="([^"]+)"', page)
+    assert len(ids) == len(set(ids))  # unique anchors
+    links = re.findall(r'<a href="#([^"]+)"', page)
+    assert links and set(links) <= set(ids)
+    assert len(links) == len([i for i in ids if i != "contents"]) - 1  # all but the title
+    markdown = (out / "report.md").read_text()
+    md_links = re.findall(r"^\s*- \[[^\]]*\]\(#([^)]+)\)$", markdown, re.M)
+    assert md_links == links
+    headings = [line.lstrip("#").strip() for line in markdown.splitlines() if line.startswith("#")]
+    slugs = [b.anchor for b in document.anchored([document.Heading(2, h) for h in headings])]
+    assert set(md_links) <= set(slugs)
+    assert "problem-digits_mlp" in links and "final-metrics-1" in links  # repeated: -1
+
+
+def test_slug_follows_githubs_rule():
+    assert document.slug("Problem `digits_mlp`") == "problem-digits_mlp"
+    assert document.slug("Ours against the baselines (paired)") == (
+        "ours-against-the-baselines-paired"
+    )
+    assert document.slug("Learning-rate probe η*_s = x") == "learning-rate-probe-η_s--x"
+
+
+def test_comparisons_are_in_the_report_with_the_rule(built):
+    _, out, _ = built
+    markdown = (out / "report.md").read_text()
+    part = markdown.split("## Problem `digits_mlp`", 1)[1].split("## Problem", 1)[0]
+    assert "paired by seed" in part and "Student t" in part
+    rows = [line for line in part.splitlines() if re.match(r"\| \w+ − \w+ \|", line)]
+    ours = ("partitioned_newton", "partitioned_newton_diag", "cauchy")
+    assert len(rows) == len(ours) * 2  # against sgd and adam
+    adam = next(row for row in rows if row.startswith("| partitioned_newton − adam |"))
+    assert "| 2 (1 dropped) |" in adam  # adam diverged on seed 1 of digits_mlp
+    pattern = r"−?[0-9.e+-]+ \[−?[0-9.e+-]+, −?[0-9.e+-]+\], (lower|higher|no clear difference)"
+    assert len(re.findall(pattern, adam)) == 2, adam
+
+
+def test_time_to_target_and_profile_sections(built):
+    _, out, _ = built
+    markdown = (out / "report.md").read_text()
+    sentences = re.findall(
+        r"^Training-loss target [0-9.e+-]+ \(rule: the median, over", markdown, re.M
+    )
+    assert len(sentences) == len(LAYOUT)
+    part = markdown.split("## Performance profile across problems", 1)[1].split("\n## ", 1)[0]
+    assert "| optimizer | score | ρ(1) | ρ(2) | ρ(4) | ρ(8) | ρ(16) |" in part
+    assert "figures/performance_profile.png" in part
+    headline = (out / "headline.md").read_text()
+    assert "Time to target, performance profile over 2 problems" in headline
+    assert "seconds" not in headline  # they change every run: not in the generated headline
+
+
+def test_tuning_section_lists_the_choices_at_an_edge(built):
+    _, out, _ = built
+    markdown = (out / "report.md").read_text()
+    part = markdown.split("## Tuning: choices at an edge of their grid", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        tuple(c.strip() for c in line.strip("|").split("|")[:3])
+        for line in part.splitlines()
+        if line.startswith("| ") and not line.startswith(("| problem", "| ---"))
+    }
+    assert rows == expected_edges()
+    cells = {(p, o) for p, o, _ in expected_edges()}
+    total = sum(len(o) for o in LAYOUT.values())
+    assert f"{len(cells)} of {total} tune cells" in part
+
+
+def test_at_edge_is_computed_when_the_file_lacks_it():
+    for with_key in (True, False):
+        record = tune_record("p", "kfac", with_key)  # lr inside its grid, damping at the low end
+        assert tuning.at_edge(record) == ["damping"]
+        (edge,) = tuning.edges(record)
+        assert (edge.hyperparameter, edge.chosen, edge.side) == ("damping", 0.03, "smallest")
+    record = tune_record("p", "adam", with_key=False)
+    assert [e.side for e in tuning.edges(record)] == ["largest"]
+    assert tuning.edges(tune_record("p", "sgd", with_key=False)) == []
+
+
+def test_subset_tick_labels_are_short():
+    assert figures.short_subset("3.weight") == "3.w" and figures.short_subset("0.bias") == "0.b"
+    assert figures.short_subset("1.weight+1.bias+3.weight") == "all 3 tensors"
+    long = figures.short_subset("encoder.layers.11.attention.query.weight")
+    assert len(long) <= figures.LABEL_WIDTH and long.startswith("…")

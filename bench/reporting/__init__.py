@@ -4,11 +4,15 @@
   record of :mod:`bench.schema`, checked), read for exactly params' cells (problems × optimizers
   × seeds);
 - :mod:`~bench.reporting.summary`: the aggregate (tidy ``summary.csv``, ``summary.json``, the
-  training-loss target, Student-t intervals);
+  training-loss targets);
+- :mod:`~bench.reporting.comparisons`: Student-t intervals, paired comparisons of ours against
+  the baselines, Dolan–Moré performance profiles;
 - :mod:`~bench.reporting.tables`: formatting, the headline table and the report's tables;
 - :mod:`~bench.reporting.document`: sections of blocks → Markdown and self-contained HTML;
-- :mod:`~bench.reporting.figures`, :mod:`~bench.reporting.invariance_section`,
-  :mod:`~bench.reporting.timing_section`: the figures and the two studies' sections;
+- :mod:`~bench.reporting.figures`, :mod:`~bench.reporting.profile_section`,
+  :mod:`~bench.reporting.tuning`, :mod:`~bench.reporting.invariance_section`,
+  :mod:`~bench.reporting.timing_section`: the figures, the performance profile, the tune grids'
+  edges and the two studies' sections;
 - :mod:`~bench.reporting.report`: the report's sections, assembled and written atomically;
 - :mod:`~bench.reporting.readme`: ``python -m bench.reporting.readme`` refreshes the README's
   generated blocks.
