@@ -30,8 +30,8 @@ STALLED_NOTE = (
 )
 NO_STEP_NOTE = (
     " For {names}, no curvature recomputation gave a usable step (usable_solves = 0 in every "
-    "run: the S×S step needs H̄ ≻ 0 without the cubic term, and H̄ was indefinite each time), "
-    "so the weights never moved."
+    "run: each solve was refused, e.g. an indefinite H̄ with `indefinite: skip`, or its estimate "
+    "skipped), so the weights never moved."
 )
 INTERVAL = f"{compare.CONFIDENCE:.0%} interval"
 
