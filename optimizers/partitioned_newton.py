@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .derivatives import projected_derivatives
 from .partition import get_partition, per_tensor, validate_groups
 from .proposals import PROPOSALS, adam_direction, gradient_direction, momentum_direction
-from .subspace import OK_STATUSES, SolverStatus, subspace_step
+from .subspace import INDEFINITE_MODES, OK_STATUSES, SolverStatus, subspace_step
 
 __all__ = ["PartitionedNewton"]
 
@@ -53,6 +53,7 @@ class PartitionedNewton(torch.optim.Optimizer):
                 ḡ, H̄, D3 ← uniform means over the window; d = |D3|^(1/3)  (after averaging)
                 if curvature == "diagonal": H̄ ← Diag(H̄)
                 η' = subspace_step(ḡ, H̄, d, λ_int)         # minimises −ḡᵀη + ½ηᵀH̄η + λ_int/6 ‖Dη‖³
+                                                   # (λ_int = 0, H̄ not ≻ 0: see `indefinite`)
                 if η' solved: η ← max(η', 0) if remove_negative else η'   # else keep the old η
         if η exists: θ_s ← θ_s − λ1_s η_s u_s   (multiplied by finite: a skipped step moves nothing)
         t ← t + 1
@@ -63,6 +64,17 @@ class PartitionedNewton(torch.optim.Optimizer):
     Between recomputations the last η is reused with the current u. Same step and invariance as
     METHOD.md §6 (with ``proposal`` gradient or momentum, per-subset affine maps leave the
     trajectory unchanged).
+
+    Without the cubic term (λ_int = 0) the model −ḡᵀη + ½ηᵀH̄η has no minimiser when H̄ is not
+    positive definite, which on tanh/ELU nets is almost every recomputation (METHOD.md §4).
+    ``indefinite`` says what the step is then: ``"solve"`` (default, the paper's order-2
+    method: η' = H̄⁻¹ḡ whatever H̄'s inertia, then the clip), ``"saddle_free"`` (η' = |H̄|⁻¹ḡ,
+    |H̄| with H̄'s eigenvalues replaced by their moduli) or ``"skip"`` (no step: the previous η
+    is kept). Both steps are taken in the equilibrated variables of ``subspace_step`` (so
+    METHOD.md §6 holds), a subset with H̄_ss = 0 takes no step, and the status of each solve
+    (``newton_indefinite``, ``saddle_free``, ``order2_singular``, ``flat_subset``) is counted
+    among the usable ones. With λ_int > 0 the cubic model always has a minimiser and
+    ``indefinite`` is not used.
 
     Differences from the paper / choices of the spec:
 
@@ -131,6 +143,8 @@ class PartitionedNewton(torch.optim.Optimizer):
         betas, eps: Adam's (β1, β2) and ε.
         remove_negative: clip η_s < 0 to 0.
         curvature: ``"full"`` (H̄) or ``"diagonal"`` (Diag(H̄): the ablation without cross terms).
+        indefinite: the order-2 step (λ_int = 0) on an H̄ that is not positive definite, one
+            of ``subspace.INDEFINITE_MODES``: ``"solve"``, ``"saddle_free"`` or ``"skip"``.
     """
 
     _always_mask = False  # tests: take the accelerator path (masking, no flag read) on the CPU
@@ -150,6 +164,7 @@ class PartitionedNewton(torch.optim.Optimizer):
         eps: float = 1e-8,
         remove_negative: bool = True,
         curvature: str = "full",
+        indefinite: str = "solve",
     ):
         _check_number("lr", lr, low=0.0)
         _check_number("lambda_int", lambda_int, low=0.0)
@@ -169,6 +184,8 @@ class PartitionedNewton(torch.optim.Optimizer):
             raise ValueError(f"remove_negative must be a bool, got {remove_negative!r}")
         if curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+        if indefinite not in INDEFINITE_MODES:
+            raise ValueError(f"indefinite must be one of {INDEFINITE_MODES}, got {indefinite!r}")
         groups = [dict(group) for group in _check_groups(params)]
         super().__init__(groups, {"lr": float(lr)})
         self.options = {
@@ -183,6 +200,7 @@ class PartitionedNewton(torch.optim.Optimizer):
             "eps": float(eps),
             "remove_negative": remove_negative,
             "curvature": curvature,
+            "indefinite": indefinite,
         }
         reference = self.param_groups[0]["params"][0]
         self.state[GLOBAL] = {
@@ -338,7 +356,8 @@ class PartitionedNewton(torch.optim.Optimizer):
         if keep is None:
             for group, step in zip(self.param_groups, steps, strict=True):
                 stop = start + len(group["params"])
-                torch._foreach_add_(group["params"], directions[start:stop], alpha=step)
+                alpha = _within_range(step, group["params"][0].dtype)
+                torch._foreach_add_(group["params"], directions[start:stop], alpha=alpha)
                 start = stop
             return
         if self._scales is None or self._scales[0] != steps:  # copied to the device only
@@ -424,7 +443,7 @@ class PartitionedNewton(torch.optim.Optimizer):
             hessian = torch.diag(torch.diagonal(hessian))
         lambda_int = options["lambda_int"]
         scale = third.abs().pow(1.0 / 3.0) if lambda_int > 0 else None
-        result = subspace_step(gradient, hessian, scale, lambda_int)
+        result = subspace_step(gradient, hessian, scale, lambda_int, options["indefinite"])
         status = SolverStatus(result.status).value
         glob["status_counts"][status] = glob["status_counts"].get(status, 0) + 1
         if result.ok:
@@ -455,6 +474,11 @@ class PartitionedNewton(torch.optim.Optimizer):
         if saved != current:
             raise ValueError(f"saved subsets {saved} differ from this optimizer's {current}")
         options = state_dict.pop("options", self.options)
+        if "indefinite" not in options:
+            # Saved before the option existed: λ_int = 0 then skipped an H̄ not ≻ 0; with
+            # λ_int > 0 the option is not used, so any value resumes the same run.
+            before = "skip" if options.get("lambda_int") == 0 else self.options["indefinite"]
+            options = {**options, "indefinite": before}
         if options != self.options:
             raise ValueError(f"saved hyperparameters {options} differ from {self.options}")
         super().load_state_dict(state_dict)
@@ -469,6 +493,13 @@ def _condition_number(hessian: Tensor) -> float:
     magnitudes = torch.linalg.eigvalsh(hessian).abs()
     smallest = magnitudes.min().item()
     return magnitudes.max().item() / smallest if smallest > 0 else math.inf
+
+
+def _within_range(step: float, dtype: torch.dtype) -> float:
+    """``step``, or ±inf when it overflows ``dtype`` (torch refuses such an ``alpha``; the masked
+    path's tensor of steps rounds it to ±inf the same way): an undamped order-2 step on a
+    near-singular H̄ can exceed float32's range, and the run then diverges instead of crashing."""
+    return step if abs(step) <= torch.finfo(dtype).max else math.copysign(math.inf, step)
 
 
 def _world_size() -> int:

@@ -19,17 +19,24 @@ it and the optimizer, as is a negative or non-finite ``lr``.
 
 Entries (METHOD.md §4 and §7):
 
-=========================== ===========================================================
-sgd                         torch.optim.SGD, momentum 0.9
-adam                        torch.optim.Adam
-kfac                        ASDL's KfacGradientMaker + SGD momentum 0.9 (damping grid too)
-adahessian                  pytorch_optimizer.AdaHessian (Hutchinson diag(∇²L), 1 probe)
-shampoo                     pytorch_optimizer.Shampoo (plain Shampoo, no grafting)
-partitioned_newton          ours: per-tensor subsets, order-3 cubic step (λ_int = 1)
-partitioned_newton_diag     ours with diag(H̄) only (no cross-subset terms)
-partitioned_newton_order2   ours with λ_int = 0 (Newton step on the S×S model, no cubic)
-cauchy                      ours with S = 1 (partition "single") and λ_int = 0
-=========================== ===========================================================
+=============================== ==================================================================
+sgd                             torch.optim.SGD, momentum 0.9
+adam                            torch.optim.Adam
+kfac                            ASDL's KfacGradientMaker + SGD momentum 0.9 (damping grid too)
+adahessian                      pytorch_optimizer.AdaHessian (Hutchinson diag(∇²L), 1 probe)
+shampoo                         pytorch_optimizer.Shampoo (plain Shampoo, no grafting)
+partitioned_newton              ours: per-tensor subsets, order-3 cubic step (λ_int = 1)
+partitioned_newton_diag         ours with diag(H̄) only (no cross-subset terms)
+partitioned_newton_order2       ours with λ_int = 0: the paper's order-2 step H̄⁻¹ḡ, then the clip
+cauchy                          ours with S = 1 (partition "single") and λ_int = 0
+partitioned_newton_saddle_free  ours with λ_int = 0 and the saddle-free step |H̄|⁻¹ḡ
+=============================== ==================================================================
+
+Without the cubic term H̄ is indefinite at almost every recomputation on tanh/ELU nets
+(METHOD.md §4): ``partitioned_newton_order2`` solves H̄η = ḡ whatever its inertia (the
+PartitionedNewton default ``indefinite="solve"``, as the paper's reference implementation
+does) and ``partitioned_newton_saddle_free`` takes |H̄|⁻¹ḡ (``indefinite="saddle_free"``);
+both in scale-covariant variables, so they keep METHOD.md §6.
 
 ``cauchy`` is the Cauchy step: with one subset, η = ḡ/H̄ is the exact minimiser of the
 quadratic model along the proposed direction u. It keeps the *same* proposal as
@@ -440,11 +447,17 @@ _PARTITIONED_NEWTON_ENTRIES: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "partitioned_newton_order2": (
         {"lambda_int": 0.0},
-        "Partitioned Newton without the cubic term (λ_int = 0, ablation)",
+        "Partitioned Newton without the cubic term (λ_int = 0: η = H̄⁻¹ḡ whatever H̄'s inertia, "
+        "then negative η_s clipped, as the paper; ablation)",
     ),
     "cauchy": (
         {"partition": "single", "lambda_int": 0.0},
         "Cauchy step: S = 1, λ_int = 0, same direction as partitioned_newton (baseline)",
+    ),
+    "partitioned_newton_saddle_free": (
+        {"lambda_int": 0.0, "indefinite": "saddle_free"},
+        "Partitioned Newton without the cubic term, saddle-free step η = |H̄|⁻¹ḡ (λ_int = 0, "
+        "H̄'s eigenvalues by their moduli in scale-covariant variables; ablation)",
     ),
 }
 for _name, (_fixed, _description) in _PARTITIONED_NEWTON_ENTRIES.items():

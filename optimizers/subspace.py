@@ -6,8 +6,11 @@ METHOD.md §3–§5. Given ḡ [S], H̄ [S, S] and d [S] (d_s = |D^3_sss|^{1/3},
     m(η) = −ḡᵀη + ½ ηᵀH̄η + (λ_int/6) ‖Dη‖³,
 
 i.e. the solution of largest r = ‖Dη‖ of η = (H̄ + (λ_int/2) r D²)⁻¹ ḡ, or H̄⁻¹ḡ (Newton) when
-λ_int = 0 or d is None. Everything is host-side float64 numpy/scipy (S is small); the cost is
-O(S³) (one or two symmetric eigendecompositions) plus O(S) per root-finding iteration.
+λ_int = 0 or d is None. Without the cubic term an H̄ that is not positive definite has no
+minimiser; ``indefinite`` chooses what the order-2 step is then (METHOD.md §4): no step, the
+paper's plain solve H̄⁻¹ḡ, or the saddle-free |H̄|⁻¹ḡ. Everything is host-side float64
+numpy/scipy (S is small); the cost is O(S³) (one or two symmetric eigendecompositions) plus
+O(S) per root-finding iteration.
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ import numpy as np
 import torch
 from scipy.optimize import brentq
 
-__all__ = ["DROP_TOLERANCE", "ZERO_D_TOLERANCE", "SolverStatus", "SubspaceStep", "subspace_step"]
+__all__ = [
+    "DROP_TOLERANCE",
+    "INDEFINITE_MODES",
+    "ZERO_D_TOLERANCE",
+    "SolverStatus",
+    "SubspaceStep",
+    "subspace_step",
+]
 
 _EPS = float(np.finfo(np.float64).eps)
 
@@ -30,6 +40,9 @@ ZERO_D_TOLERANCE = 1e-12
 
 DROP_TOLERANCE = math.sqrt(_EPS)
 """A zero-counted d_s stays dropped only if (λ_int/2) r d_s² ≤ DROP_TOLERANCE |H̄_ss| at the step."""
+
+INDEFINITE_MODES = ("skip", "solve", "saddle_free")
+"""What the order-2 step does on an H̄ that is not positive definite (subspace_step)."""
 
 
 class SolverStatus(str, enum.Enum):  # noqa: UP042 (the contract is a str mixin enum)
@@ -43,6 +56,12 @@ class SolverStatus(str, enum.Enum):  # noqa: UP042 (the contract is a str mixin 
     HARD_CASE = "hard_case"
     UNBOUNDED = "unbounded"
     NON_FINITE = "non_finite"
+    # order 2 on an H̄ that is not ≻ 0 (indefinite="solve" or "saddle_free"); appended last so
+    # that the codes of the statuses above (their position, PartitionedNewton.STATUS_CODES) stay
+    NEWTON_INDEFINITE = "newton_indefinite"
+    SADDLE_FREE = "saddle_free"
+    ORDER2_SINGULAR = "order2_singular"
+    FLAT_SUBSET = "flat_subset"
 
 
 _OK_STATUSES = frozenset(
@@ -52,6 +71,10 @@ _OK_STATUSES = frozenset(
         SolverStatus.CUBIC_INDEFINITE,
         SolverStatus.CUBIC_SINGULAR_D,
         SolverStatus.HARD_CASE,
+        SolverStatus.NEWTON_INDEFINITE,
+        SolverStatus.SADDLE_FREE,
+        SolverStatus.ORDER2_SINGULAR,
+        SolverStatus.FLAT_SUBSET,
     }
 )
 OK_STATUSES = _OK_STATUSES  # statuses whose η is a usable step (public name)
@@ -70,7 +93,9 @@ class SubspaceStep:
             (λ_int/2) r ‖C⁻¹D²η‖), with the scale-covariant diagonal C of the solve (C = D on
             the subsets with d_s > 0, C = Diag(H̄_ss)^{1/2} elsewhere), so it is invariant under
             METHOD.md §6; NaN when no step. Rounding level, except when a near-zero d_s was
-            dropped (see :func:`subspace_step`): then up to ~DROP_TOLERANCE.
+            dropped (see :func:`subspace_step`): then up to ~DROP_TOLERANCE. For an order-2
+            step on an H̄ that is not ≻ 0 it is the residual of the equation that step solves
+            (see :func:`subspace_step`), also rounding level.
     """
 
     eta: torch.Tensor
@@ -81,11 +106,13 @@ class SubspaceStep:
 
     @property
     def ok(self) -> bool:
-        """True when ``eta`` is a usable step (NEWTON, CUBIC_* or HARD_CASE)."""
+        """True when ``eta`` is a usable step (the statuses of ``OK_STATUSES``)."""
         return self.status in _OK_STATUSES
 
 
-def subspace_step(g: Any, H: Any, d: Any = None, lambda_int: float = 0.0) -> SubspaceStep:
+def subspace_step(
+    g: Any, H: Any, d: Any = None, lambda_int: float = 0.0, indefinite: str = "skip"
+) -> SubspaceStep:
     r"""Global minimiser η* [S] of m(η) = −ḡᵀη + ½ηᵀH̄η + (λ_int/6)‖Dη‖³ (METHOD.md §3, §5).
 
     Args:
@@ -93,13 +120,37 @@ def subspace_step(g: Any, H: Any, d: Any = None, lambda_int: float = 0.0) -> Sub
         H: H̄ [S, S]; a non-symmetric H̄ is replaced by (H̄ + H̄ᵀ)/2 (the model only sees that).
         d: the cube roots d_s = |D^3_sss|^{1/3} [S], not the raw third derivatives; or None.
         lambda_int: λ_int ≥ 0, the weight of the cubic term.
+        indefinite: the order-2 step (λ_int = 0 or d None) on an H̄ that is not ≻ 0, one of
+            ``INDEFINITE_MODES``: ``"skip"`` (no step: m has no minimiser), ``"solve"`` (the
+            paper's H̄⁻¹ḡ whatever the inertia) or ``"saddle_free"`` (|H̄|⁻¹ḡ). Not used by
+            the cubic model.
 
     Method (σ = λ_int/2, r = ‖Dη‖):
 
-    * **Newton** (λ_int = 0 or d None): η = H̄⁻¹ḡ if H̄ ≻ 0 (status NEWTON), otherwise no step
-      (NOT_POSITIVE_DEFINITE; the caller decides). H̄ ≻ 0 is decided on the equilibrated
-      C⁻¹H̄C⁻¹ (C = Diag(H̄_ss)^{1/2}, requires every H̄_ss > 0): its smallest eigenvalue must
-      exceed 8·S·eps times its largest.
+    * **Newton** (λ_int = 0 or d None): η = H̄⁻¹ḡ if H̄ ≻ 0 (status NEWTON). H̄ ≻ 0 is
+      decided on the equilibrated C⁻¹H̄C⁻¹ (C = Diag(H̄_ss)^{1/2}, requires every H̄_ss > 0):
+      its smallest eigenvalue must exceed 8·S·eps times its largest. Otherwise, by
+      ``indefinite``:
+
+      - ``"skip"``: no step (NOT_POSITIVE_DEFINITE; the caller decides).
+      - ``"solve"`` and ``"saddle_free"``, in equilibrated, scale-covariant variables: a
+        subset with H̄_ss = 0 is flat (the model has no curvature along u_s; METHOD.md §4: a
+        constant direction must not move): η_s = 0, whatever ḡ_s and H̄_s·. The others
+        (set R) are solved with C = Diag(|H̄_ss|)^{1/2} [R], K = C⁻¹H̄_RR C⁻¹ = QΛQᵀ (unit
+        diagonal up to sign) and b = C⁻¹ḡ_R: η_R = C⁻¹z with z = Q F(Λ)⁻¹ Qᵀb, where
+        F(λ) = λ for ``"solve"`` (the stationary point H̄⁻¹ḡ, a saddle of m) and F(λ) = |λ|
+        for ``"saddle_free"`` (|H̄|⁻¹ḡ in these variables, Dauphin et al. 2014: directions
+        of negative curvature are followed downhill). An eigenvalue with
+        |λ_i| ≤ 8·|R|·eps·max|λ| counts as zero and the component of b along q_i is left
+        out (no step along a direction without curvature): the minimum-norm solution in z,
+        not in η's raw coordinates, whose pseudo-inverse METHOD.md §6 does not leave
+        invariant (H̄ = [[1, 1], [1, 1]], a = (1, 2)). Status, the first that applies:
+        FLAT_SUBSET (some H̄_ss = 0), ORDER2_SINGULAR (some λ_i counted as zero), else
+        NEWTON_INDEFINITE (``"solve"``) or SADDLE_FREE (K then has a negative eigenvalue: an
+        H̄ ≻ 0 took the NEWTON branch). m(η) is the quadratic model at η (−ḡᵀη + ½ηᵀH̄η);
+        the residual is that of the equation solved, ‖QF(Λ)Qᵀz − Q_kQ_kᵀb‖ /
+        (‖Q_kᵀb‖ + ‖QF(Λ)Qᵀz‖) (Q_k: the eigenvectors kept). ``PartitionedNewton`` then
+        clips η_s < 0 (``remove_negative``).
     * **Cubic, all d_s > 0**: in y = Dη the model is −bᵀy + ½yᵀMy + (σ/3)‖y‖³ with b = D⁻¹ḡ,
       M = D⁻¹H̄D⁻¹ = QΛQᵀ, β = Qᵀb. With ω = max(0, −λ_min), r0 = ω/σ and μ = Λ + ω ≥ 0, the
       step is y(s) = Q(μ + s)⁻¹β at the root s* ≥ 0 of h(s) = ‖(μ + s)⁻¹β‖ − (s + ω)/σ
@@ -140,7 +191,7 @@ def subspace_step(g: Any, H: Any, d: Any = None, lambda_int: float = 0.0) -> Sub
 
     Raises:
         ValueError: wrong shapes (S = 0, ḡ not [S], H̄ not [S, S], d not [S]), a negative d_s,
-            or λ_int negative or not finite.
+            λ_int negative or not finite, or ``indefinite`` not in ``INDEFINITE_MODES``.
 
     Example (S = 1: Cauchy's step ḡ/H̄):
 
@@ -148,14 +199,19 @@ def subspace_step(g: Any, H: Any, d: Any = None, lambda_int: float = 0.0) -> Sub
         tensor([0.5000], dtype=torch.float64)
     """
     g, H, d, lambda_int = _validated(g, H, d, lambda_int)
+    if indefinite not in INDEFINITE_MODES:
+        raise ValueError(f"indefinite must be one of {INDEFINITE_MODES}, got {indefinite!r}")
     size = g.shape[0]
     if not (np.all(np.isfinite(g)) and np.all(np.isfinite(H))) or (
         d is not None and not np.all(np.isfinite(d))
     ):
         return _no_step(size, SolverStatus.NON_FINITE)
     H = 0.5 * (H + H.T)
+    residual = None  # computed below from the model, unless the solve gives its own
     if lambda_int == 0.0 or d is None:
         status, eta, scale = _newton(g, H)
+        if status is SolverStatus.NOT_POSITIVE_DEFINITE and indefinite != "skip":
+            status, eta, residual = _order2_not_positive_definite(g, H, indefinite)
         sigma, d_used = 0.0, np.zeros(size)
     else:
         status, eta, scale = _cubic(g, H, d, lambda_int)
@@ -164,12 +220,14 @@ def subspace_step(g: Any, H: Any, d: Any = None, lambda_int: float = 0.0) -> Sub
         return _no_step(size, status)
     radius = float(np.linalg.norm(d_used * eta))  # ‖Dη‖; d_used = 0 for Newton
     model_value = float(-g @ eta + 0.5 * eta @ H @ eta + (sigma / 3.0) * radius**3)
+    if residual is None:
+        residual = _residual(g, H, d_used, sigma, eta, radius, scale)
     return SubspaceStep(
         eta=torch.from_numpy(eta.copy()),
         status=status,
         r=radius,
         model_value=model_value,
-        residual=_residual(g, H, d_used, sigma, eta, radius, scale),
+        residual=residual,
     )
 
 
@@ -224,6 +282,39 @@ def _newton(g: np.ndarray, H: np.ndarray):
         return SolverStatus.NOT_POSITIVE_DEFINITE, None, None
     z = vectors @ ((vectors.T @ (g / scale)) / eigenvalues)
     return SolverStatus.NEWTON, z / scale, scale
+
+
+def _order2_not_positive_definite(g: np.ndarray, H: np.ndarray, mode: str):
+    """(status, η, residual) of the order-2 step ``mode`` ("solve" or "saddle_free") on an H̄
+    that is not ≻ 0, in the equilibrated variables of subspace_step's docstring."""
+    diagonal = np.diag(H)
+    flat = diagonal == 0  # η_s = 0 there
+    eta = np.zeros(g.shape[0])
+    if flat.all():
+        return SolverStatus.FLAT_SUBSET, eta, 0.0
+    kept = ~flat
+    scale = np.sqrt(np.abs(diagonal[kept]))
+    b = g[kept] / scale
+    eigenvalues, vectors = np.linalg.eigh(H[np.ix_(kept, kept)] / np.outer(scale, scale))
+    magnitudes = np.abs(eigenvalues)
+    null = magnitudes <= 8 * b.shape[0] * _EPS * magnitudes.max()
+    curvature = np.where(null, 1.0, magnitudes if mode == "saddle_free" else eigenvalues)
+    beta = np.where(null, 0.0, vectors.T @ b)  # b without its components along null(K)
+    z = vectors @ (beta / curvature)
+    eta[kept] = z / scale
+    image = vectors @ (np.where(null, 0.0, curvature) * (vectors.T @ z))  # QF(Λ)Qᵀz
+    denominator = float(np.linalg.norm(beta) + np.linalg.norm(image))
+    error = float(np.linalg.norm(image - vectors @ beta))
+    residual = error / denominator if denominator > 0 else 0.0
+    if flat.any():
+        status = SolverStatus.FLAT_SUBSET
+    elif null.any():
+        status = SolverStatus.ORDER2_SINGULAR
+    elif mode == "saddle_free":
+        status = SolverStatus.SADDLE_FREE
+    else:
+        status = SolverStatus.NEWTON_INDEFINITE
+    return status, eta, residual
 
 
 def _zero_d(g: np.ndarray, H: np.ndarray, d: np.ndarray, lambda_int: float) -> np.ndarray:

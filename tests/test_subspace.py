@@ -1,9 +1,11 @@
 """Tests of optimizers.subspace.subspace_step against independent float64 references.
 
-References: np.linalg.solve (Newton), closed forms for S = 1 and for a diagonal hard case,
-brute-force multi-start minimisation of the model with scipy.optimize.minimize (plus a grid for
-S ≤ 2), and the scaling law of METHOD.md §6. Random inputs come from the ``seed`` fixture (fresh
-each run, replay with ``HOBENCH_SEED=<int>``).
+References: np.linalg.solve (Newton, and the order-2 "solve" step on indefinite H̄), |H̄| from
+np.linalg.eigh (the "saddle_free" step), np.linalg.pinv (singular H̄ in equilibrated variables),
+closed forms for S = 1 and for a diagonal hard case, brute-force multi-start minimisation of the
+model with scipy.optimize.minimize (plus a grid for S ≤ 2), and the scaling law of METHOD.md §6.
+Random inputs come from the ``seed`` fixture (fresh each run, replay with
+``HOBENCH_SEED=<int>``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from scipy.optimize import minimize
 
 from optimizers.subspace import (
     DROP_TOLERANCE,
+    INDEFINITE_MODES,
+    OK_STATUSES,
     ZERO_D_TOLERANCE,
     SolverStatus,
     SubspaceStep,
@@ -423,6 +427,11 @@ def test_bad_inputs_raise(g, H, d, lambda_int, match):
         subspace_step(g, H, d, lambda_int)
 
 
+def test_bad_indefinite_mode_raises():
+    with pytest.raises(ValueError, match=r"indefinite must be one of.*'newton'"):
+        subspace_step(np.ones(2), np.eye(2), indefinite="newton")
+
+
 def test_input_types_and_result_record(seed):
     rng = np.random.default_rng(seed)
     g, H, d = rng.normal(size=3), random_symmetric(rng, 3, "indefinite"), rng.uniform(0.5, 2, 3)
@@ -446,7 +455,7 @@ def test_input_types_and_result_record(seed):
     skew = rng.normal(size=(3, 3))
     skewed = subspace_step(g, H + skew - skew.T, d, 1.0)
     assert np.allclose(skewed.eta.numpy(), reference.eta.numpy(), rtol=1e-12, atol=1e-14)
-    assert {s.value for s in SolverStatus} == {
+    assert [s.value for s in SolverStatus] == [  # in this order: PartitionedNewton's codes
         "newton",
         "not_positive_definite",
         "cubic_positive_definite",
@@ -455,7 +464,13 @@ def test_input_types_and_result_record(seed):
         "hard_case",
         "unbounded",
         "non_finite",
-    }
+        "newton_indefinite",
+        "saddle_free",
+        "order2_singular",
+        "flat_subset",
+    ]
+    refused = {SolverStatus.NOT_POSITIVE_DEFINITE, SolverStatus.UNBOUNDED, SolverStatus.NON_FINITE}
+    assert set(SolverStatus) - OK_STATUSES == refused
 
 
 def scaled(g, H, d, a):
@@ -524,3 +539,259 @@ def test_near_zero_d_decision_is_scale_covariant(seed):
         assert step.status is other.status is status
         error = relative_error(other.eta.numpy() * a**2, step.eta.numpy())
         assert error <= SCALING_TOLERANCE
+
+
+# ------------------------------------------------------ order 2 on an H̄ that is not ≻ 0 (§4)
+def graded(rng, size, low=-1.0, high=1.0):
+    """A random positive diagonal 10^U(low, high) [S]: the scales a_s² of METHOD.md §6."""
+    return 10.0 ** rng.uniform(low, high, size)
+
+
+def random_indefinite(rng, size):
+    """C M C with M indefinite (eigenvalues ±0.3..3) and C graded: what ḡ, H̄ look like."""
+    c = graded(rng, size)
+    return c[:, None] * random_symmetric(rng, size, "indefinite") * c[None, :]
+
+
+def equilibrated(H):
+    """(c, K): c = |H̄_ss|^{1/2}, K = H̄ / (c cᵀ), written out independently of the solver."""
+    c = np.sqrt(np.abs(np.diag(H)))
+    return c, H / np.outer(c, c)
+
+
+def absolute_value(K):
+    """|K| = V |Λ| Vᵀ from np.linalg.eigh."""
+    values, vectors = np.linalg.eigh(K)
+    return (vectors * np.abs(values)) @ vectors.T
+
+
+def saddle_free_reference(g, H):
+    """η = C⁻¹|K|⁻¹C⁻¹ḡ, assembled as (C|K|C)η = ḡ and solved by np.linalg.solve."""
+    c, K = equilibrated(H)
+    return np.linalg.solve(c[:, None] * absolute_value(K) * c[None, :], g)
+
+
+def equilibrated_tolerance(H, floor):
+    """``floor``, or 16·eps·κ when larger: κ = max|λ| / min|λ| over the eigenvalues of K (on the
+    subsets with H̄_ss ≠ 0, those above 1e-10 max|λ|), which rounding errors are amplified by
+    (principal blocks of a random indefinite H̄ can be far worse conditioned than H̄)."""
+    kept = np.diag(H) != 0
+    magnitudes = np.abs(np.linalg.eigvalsh(equilibrated(H[np.ix_(kept, kept)])[1]))
+    magnitudes = magnitudes[magnitudes > 1e-10 * magnitudes.max()]
+    return max(floor, 16 * np.finfo(np.float64).eps * magnitudes.max() / magnitudes.min())
+
+
+def equilibrated_error(eta, reference, H):
+    """‖C(η − η_ref)‖ / ‖Cη_ref‖: the error in the scale-covariant variables z = Cη."""
+    c = np.sqrt(np.abs(np.diag(H)))
+    return relative_error(c * eta, c * reference)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8])
+def test_solve_mode_is_the_linear_solve_whatever_the_inertia(seed, size):
+    """indefinite="solve": η = H̄⁻¹ḡ (np.linalg.solve) on random indefinite, graded H̄."""
+    rng = np.random.default_rng(seed)
+    for _ in range(5):
+        g, H = rng.normal(size=size) * graded(rng, size), random_indefinite(rng, size)
+        step = subspace_step(g, H, indefinite="solve")
+        assert step.status is SolverStatus.NEWTON_INDEFINITE and step.ok and step.r == 0.0
+        expected = np.linalg.solve(H, g)
+        assert equilibrated_error(step.eta.numpy(), expected, H) <= 1e-11, seed
+        assert step.model_value == pytest.approx(-0.5 * g @ expected, rel=1e-10)
+        assert step.residual <= RESIDUAL_TOLERANCE
+        assert_stationary(step, g, H, np.zeros(size), 0.0)  # a stationary point (a saddle)
+        # the same with d given and λ_int = 0, or λ_int > 0 and d None: the order-2 step
+        for d, lambda_int in ((graded(rng, size), 0.0), (None, 1.0)):
+            other = subspace_step(g, H, d, lambda_int, indefinite="solve")
+            assert torch.equal(other.eta, step.eta) and other.status is step.status
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8])
+def test_saddle_free_mode_is_the_absolute_value_inverse(seed, size):
+    """indefinite="saddle_free": η = C⁻¹|K|⁻¹C⁻¹ḡ; on an H̄ with unit |diagonal| (C = I) it is
+    the textbook |H̄|⁻¹ḡ, on a diagonal H̄ it is ḡ_s/|H̄_ss|; a descent step: ḡᵀη > 0, m(η) < 0."""
+    rng = np.random.default_rng(seed)
+    for _ in range(5):
+        g, H = rng.normal(size=size) * graded(rng, size), random_indefinite(rng, size)
+        step = subspace_step(g, H, indefinite="saddle_free")
+        assert step.status is SolverStatus.SADDLE_FREE and step.ok and step.r == 0.0
+        eta = step.eta.numpy()
+        assert equilibrated_error(eta, saddle_free_reference(g, H), H) <= 1e-11, seed
+        assert g @ eta > 0 and step.model_value < 0
+        assert step.model_value == pytest.approx(model(eta, g, H, np.zeros(size), 0.0), rel=1e-12)
+        assert step.residual <= RESIDUAL_TOLERANCE
+        _, unit = equilibrated(H)  # |diagonal| 1: C = I, |H̄| is the plain eigen-modulus
+        textbook = np.linalg.solve(absolute_value(unit), g)
+        step = subspace_step(g, unit, indefinite="saddle_free")
+        assert relative_error(step.eta.numpy(), textbook) <= 1e-11, seed
+    diagonal = rng.choice([-1.0, 1.0], size) * graded(rng, size, -3, 3)
+    diagonal[0] = -abs(diagonal[0])
+    g = rng.normal(size=size)
+    step = subspace_step(g, np.diag(diagonal), indefinite="saddle_free")
+    assert step.status is SolverStatus.SADDLE_FREE
+    assert np.allclose(step.eta.numpy(), g / np.abs(diagonal), rtol=1e-14, atol=0)
+    step = subspace_step(g, np.diag(diagonal), indefinite="solve")
+    assert np.allclose(step.eta.numpy(), g / diagonal, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("mode", INDEFINITE_MODES)
+def test_positive_definite_is_newton_in_every_mode(seed, mode):
+    """H̄ ≻ 0: every mode takes the very same Newton step (bitwise), status NEWTON."""
+    rng = np.random.default_rng(seed)
+    for size in (1, 3, 6):
+        g, H = rng.normal(size=size), random_symmetric(rng, size, "pd")
+        reference = subspace_step(g, H)
+        step = subspace_step(g, H, indefinite=mode)
+        assert step.status is SolverStatus.NEWTON
+        assert torch.equal(step.eta, reference.eta) and step.residual == reference.residual
+
+
+def test_skip_mode_is_the_default_and_refuses(seed):
+    rng = np.random.default_rng(seed)
+    g, H = rng.normal(size=3), random_indefinite(rng, 3)
+    for step in (subspace_step(g, H), subspace_step(g, H, indefinite="skip")):
+        assert step.status is SolverStatus.NOT_POSITIVE_DEFINITE and not step.ok
+        assert torch.all(step.eta == 0)
+    flat = np.diag([1.0, 0.0, 2.0])
+    assert subspace_step(g, flat, indefinite="skip").status is SolverStatus.NOT_POSITIVE_DEFINITE
+
+
+@pytest.mark.parametrize("mode", INDEFINITE_MODES)
+def test_cubic_model_ignores_the_mode(seed, mode):
+    """λ_int > 0 with d: the cubic minimiser, identical whatever ``indefinite`` says."""
+    rng = np.random.default_rng(seed)
+    g, H, d = rng.normal(size=4), random_symmetric(rng, 4, "indefinite"), graded(rng, 4)
+    reference = subspace_step(g, H, d, 1.0)
+    step = subspace_step(g, H, d, 1.0, indefinite=mode)
+    assert step.status is reference.status is SolverStatus.CUBIC_INDEFINITE
+    assert torch.equal(step.eta, reference.eta) and step.r == reference.r
+
+
+def with_flat_subsets(rng, H, g, flat, coupled):
+    """H̄ and ḡ with H̄_ss = 0 on ``flat``; the rows of H̄ there are zero unless ``coupled``."""
+    H, g = H.copy(), g.copy()
+    if not coupled:
+        H[flat, :] = 0.0
+        H[:, flat] = 0.0
+    H[flat, flat] = 0.0
+    g[flat] = rng.normal(size=int(flat.sum()))  # a slope there does not make it move
+    return H, g
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+@pytest.mark.parametrize("mode", ["solve", "saddle_free"])
+def test_flat_subset_takes_no_step(seed, mode, coupled):
+    """H̄_ss = 0: η_s = 0 (status FLAT_SUBSET), the others take the step of the reduced model."""
+    rng = np.random.default_rng(seed)
+    for size in (2, 3, 5):
+        flat = np.zeros(size, dtype=bool)  # 1 to S − 1 flat subsets, anywhere
+        flat[rng.choice(size, int(rng.integers(1, size)), replace=False)] = True
+        H, g = with_flat_subsets(rng, random_indefinite(rng, size), rng.normal(size=size), flat,
+                                 coupled)  # fmt: skip
+        step = subspace_step(g, H, indefinite=mode)
+        assert step.status is SolverStatus.FLAT_SUBSET and step.ok
+        eta = step.eta.numpy()
+        assert np.all(eta[flat] == 0.0)
+        kept = ~flat
+        g_r, H_r = g[kept], H[np.ix_(kept, kept)]
+        reduced = subspace_step(g_r, H_r, indefinite=mode)
+        if reduced.status is SolverStatus.NEWTON or mode == "solve":
+            expected = np.linalg.solve(H_r, g_r)
+        else:
+            expected = saddle_free_reference(g_r, H_r)
+        error = equilibrated_error(eta[kept], expected, H_r)
+        assert error <= equilibrated_tolerance(H_r, 1e-11), (seed, size)
+        assert step.model_value == pytest.approx(model(eta, g, H, np.zeros(size), 0.0), rel=1e-12)
+        assert step.residual <= RESIDUAL_TOLERANCE
+    # every subset flat: no subset moves, and that is the step (η = 0, usable)
+    step = subspace_step([1.0, -2.0], np.zeros((2, 2)), indefinite=mode)
+    assert step.status is SolverStatus.FLAT_SUBSET and step.ok and torch.all(step.eta == 0)
+    assert step.model_value == 0.0
+
+
+def singular_case(rng, size, rank):
+    """(ḡ, H̄ = C K C, c, K) with K of the given rank, unit |diagonal|, C graded; ḡ generic
+    (it has components along null(K))."""
+    q, _ = np.linalg.qr(rng.normal(size=(size, size)))
+    values = np.zeros(size)
+    values[:rank] = rng.choice([-1.0, 1.0], rank) * 10.0 ** rng.uniform(-0.5, 0.5, rank)
+    K = (q * values) @ q.T
+    unit = np.sqrt(np.abs(np.diag(K)))
+    K = K / np.outer(unit, unit)
+    c = graded(rng, size)
+    return rng.normal(size=size) * c, c[:, None] * K * c[None, :], c, K
+
+
+@pytest.mark.parametrize("mode", ["solve", "saddle_free"])
+def test_singular_case_is_the_minimum_norm_solution_in_equilibrated_variables(seed, mode):
+    """K = C⁻¹H̄C⁻¹ of rank < S: η = C⁻¹ K⁺ C⁻¹ḡ (|K|⁺ for saddle_free), np.linalg.pinv;
+    status ORDER2_SINGULAR; no step along null(K)."""
+    rng = np.random.default_rng(seed)
+    for size, rank in ((2, 1), (3, 1), (3, 2), (5, 3), (6, 5)):
+        g, H, c, K = singular_case(rng, size, rank)
+        step = subspace_step(g, H, indefinite=mode)
+        assert step.status is SolverStatus.ORDER2_SINGULAR and step.ok, (size, rank)
+        inverse = np.linalg.pinv(K if mode == "solve" else absolute_value(K), rcond=1e-10,
+                                 hermitian=True)  # fmt: skip
+        expected = (inverse @ (g / c)) / c
+        assert equilibrated_error(step.eta.numpy(), expected, H) <= 1e-10, (seed, size, rank)
+        values, vectors = np.linalg.eigh(K)
+        null_vectors = vectors[:, np.argsort(np.abs(values))[: size - rank]]
+        assert np.abs(null_vectors.T @ (c * step.eta.numpy())).max() <= 1e-10
+        assert step.residual <= RESIDUAL_TOLERANCE
+
+
+def test_raw_pseudo_inverse_counterexample():
+    """H̄ = [[1, 1], [1, 1]] under A = diag(1, 2) (H̄ → AH̄A, ḡ → Aḡ): the minimum-norm solution
+    in raw coordinates moves (it is not A⁻¹ times the original), ours is A⁻¹ times it."""
+    g, H, A = np.array([1.0, 3.0]), np.ones((2, 2)), np.diag([1.0, 2.0])
+    raw = np.linalg.pinv(H) @ g
+    raw_scaled = np.linalg.pinv(A @ H @ A) @ (A @ g)
+    assert np.linalg.norm(np.linalg.solve(A, raw_scaled) - raw) > 0.1  # not invariant
+    for mode in ("solve", "saddle_free"):
+        step = subspace_step(g, H, indefinite=mode)
+        other = subspace_step(A @ g, A @ H @ A, indefinite=mode)
+        assert step.status is other.status is SolverStatus.ORDER2_SINGULAR
+        assert np.allclose(step.eta.numpy(), [1.0, 1.0], rtol=1e-15)  # z = (ḡ₁+ḡ₂)/4 (1, 1)
+        assert np.allclose(A @ other.eta.numpy(), step.eta.numpy(), rtol=1e-15, atol=0)
+
+
+def order2_scaling_cases(rng, mode):
+    """(status, ḡ, H̄) with one case per status the order-2 step gives on an H̄ not ≻ 0."""
+    size = 5
+    g = rng.normal(size=size)
+    indefinite = random_indefinite(rng, size)
+    yield (SolverStatus.SADDLE_FREE if mode == "saddle_free" else SolverStatus.NEWTON_INDEFINITE,
+           g, indefinite)  # fmt: skip
+    singular_g, singular_H, _, _ = singular_case(rng, size, 3)
+    yield SolverStatus.ORDER2_SINGULAR, singular_g, singular_H
+    yield SolverStatus.ORDER2_SINGULAR, np.array([1.0, 3.0]), np.ones((2, 2))  # counterexample
+    flat = np.array([False, True, False, False, True])
+    for coupled in (False, True):
+        yield (SolverStatus.FLAT_SUBSET,
+               *reversed(with_flat_subsets(rng, indefinite, g, flat, coupled)))  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["solve", "saddle_free"])
+def test_order2_scaling_law(seed, mode):
+    """METHOD.md §6 for the new steps: with A = Diag(a²) (a_s = ±10^U(-2, 2)), the step on
+    (AH̄A, Aḡ) is A⁻¹ times the step on (H̄, ḡ), status, model value and residual unchanged."""
+    rng = np.random.default_rng(seed)
+    for status, g, H in order2_scaling_cases(rng, mode):
+        size = g.shape[0]
+        a = 10.0 ** rng.uniform(-2, 2, size) * rng.choice([-1.0, 1.0], size)
+        step = subspace_step(g, H, indefinite=mode)
+        other = subspace_step(*scaled(g, H, None, a)[:2], indefinite=mode)
+        assert step.status is other.status is status, (status, step, other)
+        error = relative_error(other.eta.numpy() * a**2, step.eta.numpy())
+        tolerance = equilibrated_tolerance(H, SCALING_TOLERANCE)
+        assert error <= tolerance, (status, error, tolerance)
+        assert other.model_value == pytest.approx(step.model_value, rel=tolerance)
+        assert other.residual <= RESIDUAL_TOLERANCE
+    a = np.array([1.0, 2.0])  # the counterexample with the issue's a = (1, 2) (A = diag(1, 4))
+    g, H = np.array([1.0, 3.0]), np.ones((2, 2))
+    step, other = (
+        subspace_step(g, H, indefinite=mode),
+        subspace_step(*scaled(g, H, None, a)[:2], indefinite=mode),
+    )
+    assert relative_error(other.eta.numpy() * a**2, step.eta.numpy()) <= SCALING_TOLERANCE
