@@ -35,11 +35,16 @@ from bench.io import write_json_atomic
 from bench.provenance import provenance
 from bench.studies.options import prepared_splits
 
-INVARIANT = ("partitioned_newton", "partitioned_newton_diag", "partitioned_newton_order2")
+INVARIANT = (
+    "partitioned_newton", "partitioned_newton_diag", "partitioned_newton_order2",
+    "partitioned_newton_saddle_free",
+)  # fmt: skip
 EXPECTATION = (
-    "partitioned_newton, partitioned_newton_diag and partitioned_newton_order2 with the gradient "
-    "or momentum proposal stay at rounding level; cauchy (S = 1, coarser than the per-tensor "
-    "maps), the Adam proposal, SGD, Adam and K-FAC drift (METHOD.md §6)."
+    "partitioned_newton, partitioned_newton_diag, partitioned_newton_order2 and "
+    "partitioned_newton_saddle_free with the gradient or momentum proposal stay at rounding level "
+    "(an order-2 run that blows up amplifies rounding chaotically: its deviation grows with its "
+    "weights); cauchy (S = 1, coarser than the per-tensor maps), the Adam proposal, SGD, Adam "
+    "and K-FAC drift (METHOD.md §6)."
 )
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
