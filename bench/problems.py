@@ -42,10 +42,12 @@ from torch import nn
 
 from bench import models
 from bench.data import DATASETS
+from optimizers.partition import PARTITIONS
 
-__all__ = ["LOSSES", "PROBLEMS", "Problem", "get_problem", "register_problem"]
+__all__ = ["LOSSES", "METRICS", "PROBLEMS", "Problem", "get_problem", "register_problem"]
 
 LOSSES = ("cross_entropy",)
+METRICS = ("accuracy", "perplexity")  # a problem's quality metric (the run records' contract)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,12 @@ class Problem:
 
     ``batch_size``: B of the training minibatches; ``curvature_batch_size``: B' of the batches on
     which the curvature (H̄, D^3) is estimated; ``epochs``: the training budget.
+
+    ``metric``: the problem's quality metric, one of :data:`METRICS`: ``"accuracy"`` (a
+    classifier's logits [B, C] against labels [B]) or ``"perplexity"`` (a language model's
+    logits [B, T, V] against next tokens [B, T]: exp of the mean per-token cross-entropy).
+    ``partition``: the problem's default partition for our optimizers (a name their
+    ``partition`` argument accepts, e.g. ``"per_module"``), or None for the optimizer's own.
     """
 
     name: str
@@ -64,6 +72,8 @@ class Problem:
     batch_size: int = 100
     curvature_batch_size: int = 100
     description: str = ""
+    metric: str = "accuracy"
+    partition: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -73,6 +83,13 @@ class Problem:
             raise ValueError(f"problem {self.name!r}: unknown data set {self.dataset!r} ({known})")
         if self.loss not in LOSSES:
             raise ValueError(f"problem {self.name!r}: unknown loss {self.loss!r} ({LOSSES})")
+        if self.metric not in METRICS:
+            raise ValueError(f"problem {self.name!r}: unknown metric {self.metric!r} ({METRICS})")
+        if self.partition is not None and self.partition not in PARTITIONS:
+            known = ", ".join(sorted(PARTITIONS))
+            raise ValueError(
+                f"problem {self.name!r}: unknown partition {self.partition!r} (None or {known})"
+            )
         if not callable(self.build_model):
             raise ValueError(f"problem {self.name!r}: build_model {self.build_model!r}")
         for key in ("epochs", "batch_size", "curvature_batch_size"):

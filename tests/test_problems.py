@@ -102,3 +102,16 @@ def test_register_problem_adds_once_and_validates(monkeypatch):
         Problem("digits_x", "digits", lambda: mlp(64, (3,), 10), epochs=0)
     with pytest.raises(ValueError, match="loss"):
         Problem("digits_x", "digits", lambda: mlp(64, (3,), 10), epochs=1, loss="mse")
+
+
+def test_problem_metric_and_partition_default_and_are_validated():
+    build = lambda: mlp(64, (3,), 10)  # noqa: E731
+    plain = Problem("digits_x", "digits", build, epochs=1)
+    assert (plain.metric, plain.partition) == ("accuracy", None)
+    assert all(p.metric in problems.METRICS for p in PROBLEMS.values())
+    lm = Problem("digits_x", "digits", build, 1, metric="perplexity", partition="per_module")
+    assert (lm.metric, lm.partition) == ("perplexity", "per_module")
+    with pytest.raises(ValueError, match="unknown metric 'loss'"):
+        Problem("digits_x", "digits", build, epochs=1, metric="loss")
+    with pytest.raises(ValueError, match="unknown partition 'per_layer'"):
+        Problem("digits_x", "digits", build, epochs=1, partition="per_layer")
