@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from bench.io import read_json, write_dir_atomic, write_json_atomic, write_rows_
 from bench.provenance import params_hash, provenance
 from bench.sources import code_digest, optimizer_sources
 from bench.training.loop import RunResult, run_training
-from bench.training.runs import RunSettings, build_run
+from bench.training.runs import RunSettings, build_run, problem_hyperparameters
 
 
 def run_settings(config: Config, problem: Any, device: str, *, epochs: int | None = None,
@@ -75,23 +74,29 @@ def read_tuned(config: Config, problem: str, optimizer: str, results: Path) -> d
     return dict(tuned["best"])
 
 
-def history_columns(result: RunResult) -> list[str]:
-    """history.csv: the fixed columns first, then every ``diag/<key>`` seen (empty = NaN where
-    a row lacks it), in order of first appearance."""
-    fixed = schema.history_columns(schema.TEST_SPLIT)
+def history_columns(result: RunResult, metric: str = schema.DEFAULT_METRIC) -> list[str]:
+    """history.csv: the fixed columns first (with the problem's quality ``metric``), then every
+    ``diag/<key>`` seen (empty = NaN where a row lacks it), in order of first appearance."""
+    fixed = schema.history_columns(schema.TEST_SPLIT, metric)
     diagnostics: dict[str, None] = {}
     for row in result.history:
         diagnostics |= {key: None for key in row if key not in fixed}
     return fixed + list(diagnostics)
 
 
-def run_metrics(result: RunResult, cell: dict[str, Any], hyperparameters: dict[str, Any],
-                record: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """metrics.json (:data:`bench.schema.METRICS_KEYS`): the last epoch's values (at divergence
-    when diverged: never back-filled)."""
+def run_metrics(
+    result: RunResult,
+    cell: dict[str, Any],
+    hyperparameters: dict[str, Any],
+    record: dict[str, Any],
+    metric: str = schema.DEFAULT_METRIC,
+) -> dict[str, Any]:
+    """metrics.json (:func:`bench.schema.metrics_keys` of the problem's quality ``metric``): the
+    last epoch's values (at divergence when diverged: never back-filled); the best value of the
+    metric over the epochs in its direction (the highest accuracy, the lowest perplexity)."""
     last = result.history[-1]
-    accuracy = schema.accuracy_column(schema.TEST_SPLIT)
-    accuracies = [r[accuracy] for r in result.history if math.isfinite(r[accuracy])]
+    quality = schema.quality_metric(metric)
+    column = quality.column(schema.TEST_SPLIT)
     metrics = {
         "problem": cell["problem"],
         "optimizer": cell["optimizer"],
@@ -100,8 +105,8 @@ def run_metrics(result: RunResult, cell: dict[str, Any], hyperparameters: dict[s
         "steps": int(result.steps),
         "final_train_loss": float(last[schema.TRAIN_LOSS]),
         "final_test_loss": float(last[schema.loss_column(schema.TEST_SPLIT)]),
-        "final_test_accuracy": float(last[accuracy]),
-        "best_test_accuracy": max(accuracies) if accuracies else math.nan,
+        quality.final_key: float(last[column]),
+        quality.best_key: quality.best([r[column] for r in result.history]),
         "wall_clock": float(last[schema.WALL_CLOCK]),
         "diverged": result.diverged,
         "diverged_epoch": result.diverged_epoch,
@@ -110,7 +115,7 @@ def run_metrics(result: RunResult, cell: dict[str, Any], hyperparameters: dict[s
         "hyperparameters": hyperparameters,
         "provenance": record,
     }
-    assert tuple(metrics) == schema.METRICS_KEYS
+    assert tuple(metrics) == schema.metrics_keys(quality.name)
     return metrics
 
 
@@ -142,8 +147,9 @@ def train_cell(
 
     check_cell(config, problem_name, optimizer_name, seed)
     results = Path(results)
-    hyperparameters = read_tuned(config, problem_name, optimizer_name, results)
     problem = get_problem(problem_name)
+    tuned = read_tuned(config, problem_name, optimizer_name, results)
+    hyperparameters = problem_hyperparameters(problem, optimizer_name, tuned)
     data_path = config.data_path(problem.dataset, results)
     splits = load_splits(data_path)
     device = resolve_device(config.device)
@@ -163,17 +169,18 @@ def train_cell(
     result = run_training(
         inputs.model, inputs.optimizer, inputs.batches, inputs.train_split, inputs.test_split,
         seed=seed, settings=settings, loss=inputs.loss, eval_name=schema.TEST_SPLIT,
-        checkpoint=checkpoint, fingerprint=params_hash({**params, "code": code}),
-        on_epoch_end=on_epoch_end,
+        metric=inputs.metric, checkpoint=checkpoint,
+        fingerprint=params_hash({**params, "code": code}), on_epoch_end=on_epoch_end,
         description=f"{problem_name}/{optimizer_name}/{seed}",
     )  # fmt: skip
     record = provenance(
         seed=seed, device=device, threads=config.train.threads, params=params, cwd=config.root
     )
-    metrics = run_metrics(result, cell, hyperparameters, record)
+    metrics = run_metrics(result, cell, hyperparameters, record, inputs.metric)
 
     def write(folder: Path) -> None:
-        write_rows_csv_atomic(folder / "history.csv", result.history, history_columns(result))
+        columns = history_columns(result, inputs.metric)
+        write_rows_csv_atomic(folder / "history.csv", result.history, columns)
         write_json_atomic(folder / "metrics.json", metrics, allow_nan=True)
         if probe:
             write_rows_csv_atomic(folder / "probe.csv", result.probe, schema.PROBE_COLUMNS)

@@ -3,7 +3,8 @@
 One run = one (problem, optimizer, hyperparameters, seed). Per epoch (epoch 0 = before training):
 
 - the training loss is **re-evaluated** on the whole training split at the end of the epoch
-  (:mod:`bench.training.evaluation`), the evaluation split's loss and accuracy likewise;
+  (:mod:`bench.training.evaluation`), the evaluation split's loss and the problem's quality
+  metric (accuracy or perplexity) likewise;
 - ``wall_clock`` counts only the optimisation steps (``optimizer.step`` and the device
   synchronisation), not the evaluations, the probe or the checkpoints;
 - **divergence** (METHOD.md §7): a non-finite minibatch loss, or an end-of-epoch training loss that
@@ -131,9 +132,9 @@ class _Run:
     """The pieces of one :func:`run_training` call (see there), epoch by epoch."""
 
     def __init__(self, model, optimizer, train_split, eval_split, *, seed, settings, loss,
-                 eval_name):  # fmt: skip
+                 eval_name, metric):  # fmt: skip
         self.model, self.optimizer, self.settings = model, optimizer, settings
-        self.criterion = LOSSES[loss]
+        self.criterion, self.metric = LOSSES[loss], metric
         self.train_split, self.eval_split, self.eval_name = train_split, eval_split, eval_name
         x_train, y_train = train_split
         self.curvature = CyclicBatches(
@@ -161,7 +162,7 @@ class _Run:
         values: dict[str, float] = {schema.EPOCH: self.state.epoch, schema.STEP: self.state.step}
         values |= evaluation_values(
             self.model, self.criterion, self.train_split, self.eval_split, self.eval_name,
-            self.settings.eval_batch_size,
+            self.settings.eval_batch_size, self.metric,
         )  # fmt: skip
         values |= {
             schema.WALL_CLOCK: self.state.wall_clock,
@@ -252,6 +253,7 @@ def run_training(
     settings: RunSettings,
     loss: str = "cross_entropy",
     eval_name: str = schema.TEST_SPLIT,
+    metric: str = schema.DEFAULT_METRIC,
     checkpoint: Path | None = None,
     fingerprint: str = "",
     on_epoch_end: Callable[[int], None] | None = None,
@@ -261,14 +263,15 @@ def run_training(
 
     ``batches(epoch)`` yields the minibatches of that epoch (epochs count from 1);
     ``train_split``/``eval_split`` are the whole splits as tensors on the device. History rows:
-    :func:`bench.schema.history_columns` (``eval_name`` in two of them), then ``diag/<key>`` for
-    each key of ``optimizer.diagnostics()``. ``on_epoch_end(epoch)`` runs after the checkpoint
-    of each epoch (tests use it to "kill" a run).
+    :func:`bench.schema.history_columns` (``eval_name`` in two of them, the problem's quality
+    ``metric`` in one), then ``diag/<key>`` for each key of ``optimizer.diagnostics()``.
+    ``on_epoch_end(epoch)`` runs after the checkpoint of each epoch (tests use it to "kill" a
+    run).
     """
     from tqdm.auto import tqdm
 
     run = _Run(model, optimizer, train_split, eval_split, seed=seed, settings=settings, loss=loss,
-               eval_name=eval_name)  # fmt: skip
+               eval_name=eval_name, metric=metric)  # fmt: skip
     saved = load_checkpoint(checkpoint, fingerprint)
     if saved is not None:
         run.resume(saved)

@@ -23,10 +23,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench import schema
 from bench.config import PlateauConfig
 
 PURPOSES = {"init": 0, "data": 1, "curvature": 2, "probe": 3, "torch": 4}
-LOSSES: dict[str, Callable[..., Tensor]] = {"cross_entropy": F.cross_entropy}
+
+
+class CrossEntropy(nn.CrossEntropyLoss):
+    """Cross-entropy for a classifier and for a sequence model, one criterion for both.
+
+    Logits [N, C] against labels [N]: ``F.cross_entropy`` itself (the same call, the same float
+    operations). Logits [B, T, V] against next tokens [B, T]: the mean (or sum) over the B·T
+    tokens, the logits flattened to [B·T, V] (the class dimension last, as a language model
+    emits it). ``reduction`` may be given per call (the evaluation sums); else the module's, which
+    ASDL sets for K-FAC. A ``nn.CrossEntropyLoss``, so K-FAC's Fisher is the categorical one.
+    """
+
+    def forward(self, input: Tensor, target: Tensor, reduction: str | None = None) -> Tensor:
+        if input.dim() > 2 and target.dim() == input.dim() - 1:  # [B, T, V] vs [B, T]
+            input, target = input.reshape(-1, input.shape[-1]), target.reshape(-1)
+        return F.cross_entropy(input, target, reduction=reduction or self.reduction)
+
+
+LOSSES: dict[str, Callable[..., Tensor]] = {"cross_entropy": CrossEntropy()}
 
 
 def stream_seed(seed: int, purpose: str, *extra: int) -> int:
@@ -85,6 +104,7 @@ class RunInputs:
     valid_split: tuple[Tensor, Tensor]
     test_split: tuple[Tensor, Tensor]
     loss: str
+    metric: str = schema.DEFAULT_METRIC  # the problem's quality metric (bench.schema)
 
 
 def build_run(
@@ -99,30 +119,30 @@ def build_run(
 ) -> RunInputs:
     """Model (``init`` stream), registry optimizer and the data of one run on ``device``.
 
-    ``problem``: a :class:`bench.problems.Problem`; ``splits``: :class:`bench.data.Splits`.
-    Epoch e's minibatches come from ``bench.data.batches`` with the seed [seed, data, e].
+    ``problem``: a :class:`bench.problems.Problem`; ``splits``: :class:`bench.data.Splits`;
+    ``hyperparameters`` are used as given (the cells add the problem's partition first,
+    :func:`problem_hyperparameters`, so that what they record is what ran). Epoch e's
+    minibatches come from ``bench.data.batches`` with the seed [seed, data, e].
     """
     from bench.data import batches
     from optimizers.registry import make
 
-    if problem.loss not in LOSSES:
-        raise ValueError(f"problem {problem!r}: unknown loss {problem.loss!r}")
+    criterion = problem_criterion(problem)
     model = problem.make_model(stream_seed(seed, "init"), device=device)
     # Optimizers that seed a private stream from the global generator draw it from ours.
     torch.manual_seed(stream_seed(seed, "torch"))
-    optimizer = make(optimizer_name, model, hyperparameters, criterion=LOSSES[problem.loss])
+    optimizer = make(optimizer_name, model, hyperparameters, criterion=criterion)
 
     def tensors(x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
-        return (
-            torch.as_tensor(x, dtype=torch.float32, device=device),
-            torch.as_tensor(y, dtype=torch.long, device=device),
-        )
+        return input_tensor(x, device), torch.as_tensor(y, dtype=torch.long, device=device)
 
     train_split = tensors(splits.x_train, splits.y_train)
 
     def epoch_batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         seed_of_epoch = stream_seed(seed, "data", epoch)
-        return batches(*train_split, batch_size, seed=seed_of_epoch, shuffle=True, device=device)
+        epoch_rows = batches(*train_split, batch_size, seed=seed_of_epoch, shuffle=True,
+                             device=device)  # fmt: skip
+        return _same_dtype(epoch_rows, train_split[0].dtype)
 
     return RunInputs(
         model=model,
@@ -132,7 +152,78 @@ def build_run(
         valid_split=tensors(splits.x_valid, splits.y_valid),
         test_split=tensors(splits.x_test, splits.y_test),
         loss=problem.loss,
+        metric=problem_metric(problem),
     )
+
+
+TOKEN_LIMIT = 2**24  # token ids below it are exact in float32
+
+
+def _same_dtype(
+    rows: Iterator[tuple[Tensor, Tensor]], dtype: torch.dtype
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """The minibatches with their inputs in ``dtype`` again: ``bench.data.batches`` hands out
+    float32 inputs whatever they were, which a language model's token ids (int64, every id below
+    :data:`TOKEN_LIMIT`, checked in :func:`input_tensor`) survive exactly; float inputs pass
+    through untouched."""
+    if dtype.is_floating_point:
+        return rows
+    return ((inputs.to(dtype), targets) for inputs, targets in rows)
+
+
+def problem_criterion(problem: Any) -> Callable[..., Tensor]:
+    """The criterion of ``problem``'s loss (:data:`LOSSES`), for the loop, the loss closures of
+    the optimizers (``curvature_loss``) and K-FAC alike; ValueError for an unknown loss."""
+    if problem.loss not in LOSSES:
+        raise ValueError(f"problem {problem!r}: unknown loss {problem.loss!r}")
+    return LOSSES[problem.loss]
+
+
+def problem_metric(problem: Any) -> str:
+    """The name of ``problem``'s quality metric (:data:`bench.schema.QUALITY_METRICS`), checked."""
+    return schema.quality_metric(getattr(problem, "metric", schema.DEFAULT_METRIC)).name
+
+
+def input_tensor(x: np.ndarray | Tensor, device: str | torch.device) -> Tensor:
+    """A split's inputs on ``device``: token ids (an integer array) as int64, anything else as
+    float32 (images, features: what every problem but a language model has)."""
+    integer = not torch.is_tensor(x) and np.issubdtype(np.asarray(x).dtype, np.integer)
+    integer = integer or (torch.is_tensor(x) and not torch.is_floating_point(x))
+    if not integer:
+        return torch.as_tensor(x, dtype=torch.float32, device=device)
+    tokens = torch.as_tensor(x, dtype=torch.long, device=device)
+    low, high = (int(tokens.min()), int(tokens.max())) if tokens.numel() else (0, 0)
+    if not 0 <= low <= high < TOKEN_LIMIT:
+        raise ValueError(f"token ids must lie in [0, {TOKEN_LIMIT}), got {low}..{high}")
+    return tokens
+
+
+def takes_problem_partition(optimizer_name: str) -> bool:
+    """Whether a problem's partition applies to the optimizer: it takes a ``partition``
+    hyperparameter whose registry default is the library's (one subset per tensor). An entry
+    defined by another partition keeps it (``cauchy``: S = 1, ``single``, is what it is)."""
+    from optimizers.baselines import PARTITIONED_NEWTON_DEFAULTS
+    from optimizers.registry import get_spec
+
+    defaults = get_spec(optimizer_name).defaults
+    return "partition" in defaults and (
+        defaults["partition"] == PARTITIONED_NEWTON_DEFAULTS["partition"]
+    )
+
+
+def problem_hyperparameters(
+    problem: Any, optimizer_name: str, hyperparameters: dict[str, Any]
+) -> dict[str, Any]:
+    """``hyperparameters`` with the problem's partition (``problem.partition``) added when it has
+    one, the optimizer takes it (:func:`takes_problem_partition`) and ``hyperparameters`` name
+    none (a partition fixed in params ``optimizers.<name>.hyperparameters`` or swept by the tune
+    grid wins); otherwise ``hyperparameters`` unchanged (the same dict)."""
+    partition = getattr(problem, "partition", None)
+    if partition is None or "partition" in hyperparameters:
+        return hyperparameters
+    if not takes_problem_partition(optimizer_name):
+        return hyperparameters
+    return {**hyperparameters, "partition": partition}
 
 
 def setup_torch(threads: int, deterministic: bool) -> None:

@@ -6,10 +6,15 @@ budget, one seed, the validation split. The grid is ``optimizers.<name>.grid`` f
 set, else the registry spec's ``grid`` without the axes that params fix in
 ``optimizers.<name>.hyperparameters`` (fixing ``lr`` there skips the learning-rate search).
 
+A problem with its own partition (``bench.problems.Problem.partition``) gives it to the optimizers
+that take one unless params fix or sweep it (:func:`bench.training.runs.problem_hyperparameters`);
+``best`` then names it and the protocol says so.
+
 Output: ``{"problem", "optimizer", "grid": [{<swept hyperparameters incl. lr>, "valid_loss",
-"valid_accuracy", "train_loss", "diverged"}, ...], "best": {hyperparameters incl. lr},
+"valid_<metric>", "train_loss", "diverged"}, ...], "best": {hyperparameters incl. lr},
 "at_edge": [swept hyperparameters whose choice is the first or last of its grid],
-"all_diverged", "epochs", "protocol", "provenance"}``.
+"all_diverged", "epochs", "protocol", "provenance"}``; ``<metric>`` is the problem's quality
+metric (``valid_accuracy``, ``valid_perplexity``: :data:`bench.schema.QUALITY_METRICS`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from bench.io import write_json_atomic
 from bench.provenance import provenance
 from bench.training.cells import cell_params, check_cell, file_digest, run_settings
 from bench.training.loop import run_training
-from bench.training.runs import build_run
+from bench.training.runs import build_run, problem_hyperparameters
 
 PROTOCOL = (
     "Learning rate tuned per (problem, optimizer) on the validation split with one seed "
@@ -38,6 +43,9 @@ PROTOCOL = (
     "the point with the smallest learning rate is kept and the file says so (all_diverged). "
     "The other hyperparameters are the registry defaults overridden by params "
     "optimizers.<name>.hyperparameters."
+)
+PARTITION_NOTE = (
+    " The partition is the problem's own ({partition}), as params fix none for this optimizer."
 )
 
 
@@ -52,15 +60,18 @@ def search_grid(config: Config, optimizer: str) -> dict[str, list[Any]]:
     return {a: list(v) for a, v in get_spec(optimizer).grid.items() if a not in fixed}
 
 
-def grid_points(config: Config, optimizer: str) -> list[dict[str, Any]]:
+def grid_points(config: Config, optimizer: str, problem: Any = None) -> list[dict[str, Any]]:
     """Every hyperparameter set the cell tries: fixed ones + one point of the grid, with ``lr``
-    always present (the registry default when neither fixed nor swept)."""
+    always present (the registry default when neither fixed nor swept), and ``problem``'s
+    partition when it has one that applies (:func:`~bench.training.runs.problem_hyperparameters`:
+    never over a partition fixed or swept by params)."""
     from optimizers.registry import get_spec
 
     fixed = dict(config.optimizers[optimizer].hyperparameters)
     fixed.setdefault("lr", get_spec(optimizer).defaults["lr"])
     axes = search_grid(config, optimizer)
-    return [{**fixed, **dict(zip(axes, values, strict=True))} for values in product(*axes.values())]
+    points = [{**fixed, **dict(zip(axes, v, strict=True))} for v in product(*axes.values())]
+    return [problem_hyperparameters(problem, optimizer, point) for point in points]
 
 
 def tune_epochs(config: Config, train_epochs: int) -> int:
@@ -91,7 +102,7 @@ def choose(rows: list[dict[str, Any]]) -> tuple[int, bool]:
 def grid_row(problem: Any, optimizer_name: str, point: dict[str, Any], axes: dict[str, list[Any]],
              splits: Any, settings: Any, *, seed: int, device: str) -> dict[str, Any]:  # fmt: skip
     """Train one point of the grid on the training split; its row of the tune file (values
-    after the last epoch, the validation split's loss and accuracy)."""
+    after the last epoch, the validation split's loss and the problem's quality metric)."""
     inputs = build_run(
         problem, optimizer_name, point, splits,
         seed=seed, batch_size=settings.batch_size, device=device,
@@ -99,14 +110,15 @@ def grid_row(problem: Any, optimizer_name: str, point: dict[str, Any], axes: dic
     result = run_training(
         inputs.model, inputs.optimizer, inputs.batches, inputs.train_split, inputs.valid_split,
         seed=seed, settings=settings, loss=inputs.loss, eval_name=schema.VALID_SPLIT,
-        description=f"tune {problem.name}/{optimizer_name} {point}",
+        metric=inputs.metric, description=f"tune {problem.name}/{optimizer_name} {point}",
     )  # fmt: skip
     last = result.history[-1]
+    quality = schema.metric_column(inputs.metric, schema.VALID_SPLIT)  # valid_<metric>
     return {
         "lr": float(point["lr"]),
         **{axis: point[axis] for axis in axes if axis != "lr"},
         "valid_loss": float(last[schema.loss_column(schema.VALID_SPLIT)]),
-        "valid_accuracy": float(last[schema.accuracy_column(schema.VALID_SPLIT)]),
+        quality: float(last[quality]),
         "train_loss": float(last[schema.TRAIN_LOSS]),
         "diverged": result.diverged,
     }
@@ -128,7 +140,7 @@ def tune_cell(
     train_epochs = run_settings(config, problem, device).epochs
     settings = run_settings(config, problem, device, epochs=tune_epochs(config, train_epochs))
     axes = search_grid(config, optimizer_name)
-    points = grid_points(config, optimizer_name)
+    points = grid_points(config, optimizer_name, problem)
     seed = config.tune.seed
     rows = [
         grid_row(problem, optimizer_name, point, axes, splits, settings, seed=seed, device=device)
@@ -143,6 +155,8 @@ def tune_cell(
         train_epochs=train_epochs,
         factor=config.train.divergence_factor,
     )
+    if points != grid_points(config, optimizer_name):  # the problem's partition was added
+        protocol += PARTITION_NOTE.format(partition=problem.partition)
     cell = {"problem": problem_name, "optimizer": optimizer_name}
     params = cell_params(config, cell, device, tune=config.raw.get("tune"))
     params["data"] = file_digest(data_path)
