@@ -20,7 +20,9 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from .exact_ops import exact_higher_order
 from .partition import validate_groups
@@ -39,6 +41,7 @@ def projected_derivatives(
     *,
     diagonal: bool = False,
     module: nn.Module | Iterable[nn.Module] | None = None,
+    split_linear: bool = False,
 ) -> tuple[Tensor, ...]:
     r"""Derivatives of φ(η) = L(θ + Σ_s η_s u_s) at η = 0, up to ``order``.
 
@@ -60,6 +63,13 @@ def projected_derivatives(
             (BatchNorm running statistics in training mode). They are saved before ``loss_fn``
             runs and restored afterwards, so the model is left exactly as found. Not needed with
             :func:`functional_loss`, which never touches the model's buffers.
+        split_linear: if True, a call of ``F.linear`` or ``F.conv1d/2d/3d`` whose weight is a
+            grouped parameter of subset s and whose input does not depend on η (the first layer,
+            fed by the data) is evaluated as f(x, θ_W, bias) + η_s f(x, u_W), which is exact
+            since f is linear in its weight: every pass then reaches η_s through an elementwise
+            product with the precomputed f(x, u_W) instead of a weight-gradient product with
+            the input (see "Method and cost"). Same derivatives up to rounding; off by default
+            so that the default route's floating-point operations do not change.
 
     Returns:
         ``(D^1, …, D^order)``: D^1 = ḡ of shape [S], D^2 = H̄ of shape [S, S], D^d of shape
@@ -130,7 +140,8 @@ def projected_derivatives(
             for name in group:
                 shifted[name] = shifted[name] + eta * direction[name].detach()
 
-    with torch.enable_grad(), _preserved_buffers(module), exact_higher_order():
+    split = _SplitConstantInput(params, shifted, groups, etas, direction, enabled=split_linear)
+    with torch.enable_grad(), _preserved_buffers(module), exact_higher_order(), split:
         loss = loss_fn(shifted)
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
@@ -209,6 +220,53 @@ def _grads(output: Tensor, leaves: list[Tensor], create_graph: bool) -> list[Ten
         output, leaves, retain_graph=True, create_graph=create_graph, materialize_grads=True
     )
     return list(grads)
+
+
+_LINEAR_IN_WEIGHT = (F.linear, F.conv1d, F.conv2d, F.conv3d)  # f(input, weight, bias, ...)
+
+
+class _SplitConstantInput(TorchFunctionMode):
+    """Inside it (``split_linear=True``): f(x, θ_W + η_s u_W, b) = f(x, θ_W, b) + η_s f(x, u_W)
+    for f in :data:`_LINEAR_IN_WEIGHT` when x does not require grad (does not depend on η).
+
+    The shifted tensors are recognised by identity (they are alive for the whole call). With
+    ``enabled=False`` the mode is not entered at all, so nothing of the default route changes.
+    """
+
+    def __init__(self, params, shifted, groups, etas, direction, *, enabled: bool):
+        super().__init__()
+        self.enabled = enabled
+        self.parts = {  # id(shifted weight) -> (θ_W, η_s, u_W)
+            id(shifted[name]): (params[name].detach(), eta, direction[name].detach())
+            for eta, group in zip(etas, groups, strict=True)
+            for name in group
+        }
+
+    def __enter__(self):
+        return super().__enter__() if self.enabled else self
+
+    def __exit__(self, *exc_info):
+        return super().__exit__(*exc_info) if self.enabled else False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _LINEAR_IN_WEIGHT and len(args) >= 2 and isinstance(args[0], Tensor):
+            part = self.parts.get(id(args[1]))
+            if part is not None and not args[0].requires_grad:
+                return self.split(func, args, kwargs, *part)
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def split(func, args, kwargs, theta: Tensor, eta: Tensor, unit: Tensor) -> Tensor:
+        """f(x, θ_W, bias, …) + η_s f(x, u_W, None, …) for ``func(x, weight, bias, …)``."""
+        rest, no_bias = list(args[2:]), dict(kwargs)
+        if rest:
+            rest[0] = None  # the bias enters once, in the first term
+        else:
+            no_bias["bias"] = None
+        return func(args[0], theta, *args[2:], **kwargs) + eta * func(
+            args[0], unit, *rest, **no_bias
+        )
 
 
 class _preserved_buffers:

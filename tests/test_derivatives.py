@@ -649,3 +649,94 @@ def test_engine_on_each_operator_matches_finite_differences(name, seed):
         fd = finite_difference_check(lower, zero, v, 1e-4)
         err = contraction_error(derivatives[d - 1], v, fd)
         assert err <= FD_TOL, f"{name} order {d}: engine vs FD of order {d - 1}, rel err {err:.2e}"
+
+
+# ------------------------------------------- split_linear: f(x, θ + ηu) = f(x, θ) + η f(x, u)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_split_linear_matches_reference_for_every_partition(case, seed):
+    """The split route (``split_linear=True``) against the float64 reference, orders 1–3, every
+    partition kind (weights of several layers in one subset included)."""
+    s = setup(case, seed)
+    for kind, groups in partitions_for(s.model, s.gen).items():
+        got = _engine(s.loss_fn, s.params, groups, s.direction, 3, split_linear=True)
+        expected = reference_derivatives(s.reference_loss_fn, s.params, groups, s.direction, 3)
+        _compare(got, expected, f"split {case.name}/{kind} (S={len(groups)})")
+
+
+@pytest.mark.parametrize("name", ["tanh_mlp", "conv_maxpool"])
+def test_split_linear_order_four_and_diagonal(name, seed):
+    s = setup(CASES_BY_NAME[name], seed)
+    groups = partition.per_tensor(s.model)
+    got = _engine(s.loss_fn, s.params, groups, s.direction, 4, split_linear=True)
+    expected = reference_derivatives(s.reference_loss_fn, s.params, groups, s.direction, 4)
+    _compare(got, expected, f"split {name} (S={len(groups)})")
+    diagonal = _engine(s.loss_fn, s.params, groups, s.direction, 4, diagonal=True, split_linear=True)
+    for d in (2, 3):
+        expected_diagonal = torch.stack([expected[d][(k,) * (d + 1)] for k in range(len(groups))])
+        assert relative_error(diagonal[d], expected_diagonal) <= TOL, f"order {d + 1}"
+
+
+def _spy_splits(monkeypatch) -> list[str]:
+    """Record the function of every call the split route rewrites."""
+    calls: list[str] = []
+    original = engine_module._SplitConstantInput.split
+
+    def spy(func, args, kwargs, theta, eta, unit):
+        calls.append(func.__name__)
+        return original(func, args, kwargs, theta, eta, unit)
+
+    monkeypatch.setattr(engine_module._SplitConstantInput, "split", staticmethod(spy))
+    return calls
+
+
+@pytest.mark.parametrize(
+    "name, rewritten", [("tanh_mlp", ["linear"]), ("conv_maxpool", ["conv2d"])]
+)
+def test_split_linear_rewrites_exactly_the_layers_fed_by_constants(
+    monkeypatch, name, rewritten, seed
+):
+    """Only the first layer (its input is the data) is split; later layers, whose inputs depend
+    on η, and the default route (``split_linear=False``) are left as they are."""
+    calls = _spy_splits(monkeypatch)
+    s = setup(CASES_BY_NAME[name], seed)
+    groups = partition.per_tensor(s.model)
+    _engine(s.loss_fn, s.params, groups, s.direction, 2)
+    assert calls == []
+    _engine(s.loss_fn, s.params, groups, s.direction, 2, split_linear=True)
+    assert calls == rewritten
+
+
+@pytest.mark.parametrize("form", ["positional", "keyword", "no_bias", "conv_stride_padding"])
+def test_split_linear_keeps_every_argument_of_the_call(monkeypatch, form, seed):
+    """Bias given positionally, by keyword or absent, and a convolution's stride/padding/groups:
+    the split call returns the same derivatives as the reference (orders 1–3), and it was split.
+    A second use of the weight, whose input depends on η, stays unsplit."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 4, 5, 5, dtype=DT, generator=gen)
+    conv = form == "conv_stride_padding"
+    params = {
+        "w": torch.randn((4, 2, 3, 3) if conv else (5, 5), dtype=DT, generator=gen) * 0.4,
+        "b": torch.randn(4 if conv else 5, dtype=DT, generator=gen) * 0.3,
+        "v": torch.randn(5, dtype=DT, generator=gen),
+    }
+    direction = {n: torch.randn(p.shape, dtype=DT, generator=gen) for n, p in params.items()}
+
+    def loss_fn(p):
+        if conv:
+            hidden = torch.tanh(F.conv2d(x, p["w"], p["b"], 2, 1, 1, 2))  # groups=2
+            return (hidden.sum((1, 2)) @ p["v"][:3]).square().mean()
+        if form == "positional":
+            hidden = torch.tanh(F.linear(x, p["w"], p["b"]))
+        elif form == "keyword":
+            hidden = torch.tanh(F.linear(x, p["w"], bias=p["b"]))
+        else:
+            hidden = torch.tanh(F.linear(x, p["w"])) + p["b"]
+        hidden = torch.tanh(F.linear(hidden, p["w"]))  # input depends on η: not split
+        return (hidden @ p["v"]).square().mean()
+
+    calls = _spy_splits(monkeypatch)
+    groups = [["w"], ["b"], ["v"]]
+    got = _engine(loss_fn, params, groups, direction, 3, split_linear=True)
+    assert calls == (["conv2d"] if conv else ["linear"])
+    expected = reference_derivatives(loss_fn, params, groups, direction, 3)
+    _compare(got, expected, f"split {form}")
