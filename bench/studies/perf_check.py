@@ -8,6 +8,9 @@ interleaved in the same process are stable to about ±10 %. This gate measures:
 * ``derivatives_order3_diag / gradient`` — ``projected_derivatives(order=3, diagonal=True)``
   in gradient-equivalents (forward + backward),
 * ``kfac_step / sgd_step`` — one K-FAC step (ASDL) amortised over its update period,
+* ``derivatives_order3_diag / restricted_reference_order3_diag`` — the engine against the
+  restricted reverse route of :mod:`bench.studies.derivative_cost` (the README cost table's
+  reference), after checking in float64 that both give the same numbers (to 1e-12 relative),
 
 on the paper's MNIST MLP (784-1024-200-100-10, tanh, batch 100), and compares them with
 ``results/perf_baseline.json``. A ratio more than ``tolerance`` (30 %) above its baseline fails
@@ -20,10 +23,17 @@ each per-round ratio); the model is :func:`bench.models.mlp_mnist`.
 
     python -m bench.studies.perf_check                    # compare (make perf-check)
     python -m bench.studies.perf_check --update-baseline  # refresh it (make perf-baseline)
+    python -m bench.studies.perf_check --add-missing      # record only the ratios it lacks
+
+``--add-missing`` measures every ratio but writes only those the baseline has no value for
+(a newly gated figure), leaving every recorded one as it was; it refuses a baseline measured on
+another machine (refresh it whole instead).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import platform
@@ -39,6 +49,8 @@ from bench.cli import ArgumentParser, run
 from bench.errors import UsageError
 from bench.io import write_json_atomic
 from bench.models import mlp_mnist
+from bench.studies.derivative_cost import TOLERANCE as AGREEMENT
+from bench.studies.derivative_cost import max_relative_difference, restricted_reverse_reference
 from bench.studies.options import positive_float, positive_int, read_result
 from bench.studies.timer import interleaved, round_ratios
 from bench.studies.workloads import derivatives_work, gradient_work, random_batch
@@ -101,21 +113,52 @@ def _workloads(batch_size: int = 100) -> dict[str, Callable[[], None]]:
     params = {n: p.detach() for n, p in model.named_parameters()}
     direction = {n: torch.randn(p.shape, generator=gen) for n, p in params.items()}
     loss_fn = functional_loss(model, F.cross_entropy, *batch)
+    groups = per_tensor(model)
+    check_agreement(model, batch, groups, direction)
     return {
         "sgd_step": run_sgd,
         "partitioned_newton_step": run_ours,
         "kfac_step": run_kfac,
         "gradient": gradient_work(model, *batch),
         "derivatives_order3_diag": derivatives_work(
-            loss_fn, params, per_tensor(model), direction, 3, diagonal=True
+            loss_fn, params, groups, direction, 3, diagonal=True
+        ),
+        "restricted_reference_order3_diag": functools.partial(
+            restricted_reverse_reference, model, *batch, groups, direction, 3
         ),
     }
+
+
+def check_agreement(model: torch.nn.Module, batch, groups, direction) -> float:
+    """Max relative difference, in float64 on a copy of ``model`` and ``batch``, between the
+    engine and the restricted reference (order 3 diagonal); AssertionError above 1e-12."""
+    from optimizers import projected_derivatives
+    from optimizers.derivatives import functional_loss
+
+    model64 = copy.deepcopy(model).to(torch.float64)
+    x, y = batch[0].to(torch.float64), batch[1]
+    u64 = {n: u.to(torch.float64) for n, u in direction.items()}
+    params = {n: p.detach() for n, p in model64.named_parameters()}
+    loss_fn = functional_loss(model64, F.cross_entropy, x, y)
+    ours = projected_derivatives(loss_fn, params, groups, u64, 3, diagonal=True)
+    reference = restricted_reverse_reference(model64, x, y, groups, u64, 3)
+    error = max_relative_difference(ours, reference)
+    if not error <= AGREEMENT:
+        raise AssertionError(
+            f"perf-check: the engine and the restricted reference differ by {error:.3g} "
+            f"(relative, float64): the ratio would compare different computations"
+        )
+    return error
 
 
 RATIOS = {
     "partitioned_newton_step / sgd_step": ("partitioned_newton_step", "sgd_step"),
     "derivatives_order3_diag / gradient": ("derivatives_order3_diag", "gradient"),
     "kfac_step / sgd_step": ("kfac_step", "sgd_step"),
+    "derivatives_order3_diag / restricted_reference_order3_diag": (
+        "derivatives_order3_diag",
+        "restricted_reference_order3_diag",
+    ),
 }
 
 
@@ -167,7 +210,11 @@ def compare(
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, default=BASELINE)
-    parser.add_argument("--update-baseline", action="store_true")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--update-baseline", action="store_true", help="rewrite it whole")
+    mode.add_argument(
+        "--add-missing", action="store_true", help="record only the ratios the baseline lacks"
+    )
     parser.add_argument("--rounds", type=positive_int, default=7)
     parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--tolerance", type=positive_float, default=TOLERANCE)
@@ -179,16 +226,19 @@ def main(argv: list[str] | None = None) -> int:
         baseline = read_result("--baseline", args.baseline)
     torch.set_num_threads(args.threads)
     current = machine()
-    measured = measure(rounds=args.rounds)
-    if baseline is None:
-        record = {
-            "ratios": measured,
-            "tolerance": args.tolerance,
-            "machine": current,
-            "rounds": args.rounds,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": "make perf-baseline",
-        }
+    if args.add_missing and baseline.get("machine") != current:
+        raise UsageError(
+            f"--add-missing: {args.baseline} was measured on {baseline.get('machine')}, this is "
+            f"{current}; refresh it whole with `make perf-baseline`"
+        )
+    try:
+        measured = measure(rounds=args.rounds)
+    except AssertionError as error:  # the float64 agreement check before timing
+        print(error)
+        print("perf-check: FAILED (the compared routes disagree)")
+        return 1
+    if baseline is None or args.add_missing:
+        record = baseline_record(measured, baseline, args, current)
         write_json_atomic(args.baseline, record)
         print(json.dumps(record, indent=2))
         return 0
@@ -196,6 +246,28 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print("perf-check: PASSED" if passed else "perf-check: FAILED (ratio regressed)")
     return 0 if passed else 1
+
+
+def baseline_record(
+    measured: dict[str, float], baseline: dict | None, args, current: dict[str, object]
+) -> dict[str, object]:
+    """A new baseline (``baseline`` None), or ``baseline`` with the measured ratios it lacks
+    added and listed under ``added`` (each with its date and command); recorded ones unchanged."""
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if baseline is None:
+        return {
+            "ratios": measured,
+            "tolerance": args.tolerance,
+            "machine": current,
+            "rounds": args.rounds,
+            "created": created,
+            "command": "make perf-baseline",
+        }
+    missing = {name: value for name, value in measured.items() if name not in baseline["ratios"]}
+    added = dict(baseline.get("added", {}))
+    command = "python -m bench.studies.perf_check --add-missing"
+    added |= {name: {"created": created, "command": command} for name in missing}
+    return baseline | {"ratios": baseline["ratios"] | missing, "added": added}
 
 
 if __name__ == "__main__":
