@@ -19,7 +19,10 @@ read these names from here; nothing else spells them. One run directory
 ``probe.csv``
     for the probed optimizers, one row per (probe, subset): :data:`PROBE_COLUMNS`.
 
-The aggregate's tidy table ``summary.csv`` has the columns :data:`SUMMARY_COLUMNS`.
+The aggregate's tidy table ``summary.csv`` has the columns :data:`SUMMARY_COLUMNS`; its
+``summary.json`` holds the profile under :data:`SUMMARY_PROFILE` (summary.csv has no room for it:
+its ``value`` column is numeric, and a constant column would change every row of every committed
+summary; the two files sit side by side in ``results/<profile>/``, written by the same stage).
 
 **The quality metric** is a property of the problem (``bench.problems.Problem.metric``), one of
 :data:`QUALITY_METRICS`: ``accuracy`` (a classifier: logits [B, C] against labels [B], the
@@ -78,6 +81,15 @@ class QualityMetric:
         if not finite:
             return math.nan
         return max(finite) if self.higher_is_better else min(finite)
+
+    @property
+    def range_text(self) -> str:
+        """The range in words: 'a fraction in [0, 1]', '≥ 1'."""
+        if (self.low, self.high) == (0.0, 1.0):
+            return "a fraction in [0, 1]"
+        if self.high == math.inf:
+            return f"≥ {self.low:g}"
+        return f"in [{self.low:g}, {self.high:g}]"
 
     def outside(self, value: float) -> bool:
         """Whether a finite ``value`` lies outside the metric's range (a broken record)."""
@@ -208,3 +220,15 @@ PROBE_COLUMNS = (PROBE_STEP, PROBE_SUBSET, PROBE_ETA, "ratio", "g", "h", PROBE_S
 
 # -- summary.csv ----------------------------------------------------------------------------
 SUMMARY_COLUMNS = ("problem", "optimizer", "seed", "metric", "value")
+
+# -- summary.json ---------------------------------------------------------------------------
+# ``{"@profile": <profile>, <problem>: {<optimizer>: {<statistic>: ...}, "comparisons": ...}}``
+# (bench.reporting.summary). Its own top-level keys start with RESERVED_PREFIX, which no problem
+# name may: the aggregate refuses such a name (it would collide).
+RESERVED_PREFIX = "@"
+SUMMARY_PROFILE = RESERVED_PREFIX + "profile"  # the profile whose results the summary holds
+STEP_COST_VS_SGD, PEAK_MEMORY_MB = "step_cost_vs_sgd", "peak_memory_mb"  # per (problem, optimizer)
+
+# -- timing/steps.csv (bench.studies.timing), the columns the aggregate reads ---------------
+TIMING_STEPS_FILE = "steps.csv"
+STEPS_VS_SGD, STEPS_PEAK_MEMORY = "vs_sgd", "peak_memory_mb"

@@ -6,6 +6,10 @@ made-up but contract-shaped content: exponentially decaying training losses (one
 optimizer), cumulative wall-clock, test accuracy as a fraction, ``diag/eta/<subset>`` columns for
 our optimizers, diverged runs whose final values are the values at divergence (NaN or inf), and
 ``probe.csv`` for the probed optimizers with a known over/under-step pattern (:data:`PROBE_ETA`).
+A problem named in ``perplexity`` (e.g. :data:`LM_LAYOUT`'s, registered by
+:func:`register_lm_problem`) is a language model's: its quality metric is the test perplexity
+per token, exp(test loss), lower is better (``test_perplexity``, ``final_test_perplexity``,
+``best_test_perplexity`` = its minimum) instead of the accuracy.
 The tests read the written files back independently of ``bench.reporting``; the column and key
 names are spelt out here on purpose (an independent statement of the record's format).
 The problems carry registered names, so a params file can name them: ``write_params`` writes one
@@ -46,6 +50,21 @@ PROBE_EXPECTED_PATTERN = {
     "2.bias": "over",
 }
 OURS = ("partitioned_newton", "partitioned_newton_diag", "partitioned_newton_order2", "cauchy")
+LM_PROBLEM = "tinylm_transformer"  # a language model's results (perplexity), register_lm_problem
+LM_LAYOUT = {LM_PROBLEM: OPTIMIZERS}
+MIXED_LAYOUT = {"digits_mlp": OPTIMIZERS, LM_PROBLEM: OPTIMIZERS}
+
+
+def register_lm_problem():
+    """Register :data:`LM_PROBLEM` (metric perplexity) so that a params file can name it; the
+    fixture's results never load its data or build its model."""
+    from bench.models import mlp
+    from bench.problems import Problem, register_problem
+
+    return register_problem(
+        Problem(LM_PROBLEM, "digits", lambda: mlp(64, (8,), 10), 5, metric="perplexity"),
+        replace=True,
+    )
 
 
 def provenance(seed: int) -> dict:
@@ -75,8 +94,11 @@ def make_history(
     steps_per_epoch: int,
     diverge_at: int | None = None,
     diverged_value: float = math.nan,
+    perplexity: bool = False,
 ) -> pd.DataFrame:
-    """history.csv rows for epochs 0..epochs (cut at ``diverge_at``, whose loss is non-finite)."""
+    """history.csv rows for epochs 0..epochs (cut at ``diverge_at``, whose loss is non-finite);
+    with ``perplexity``, a language model's: ``test_perplexity`` = exp(test loss) in place of
+    ``test_accuracy``."""
     last = epochs if diverge_at is None else diverge_at
     epoch = np.arange(last + 1)
     decay = np.exp(-RATE.get(optimizer, 0.4) * epoch) * (
@@ -100,6 +122,9 @@ def make_history(
         history.loc[diverge_at, ["train_loss", "test_loss"]] = diverged_value
         history.loc[diverge_at, "test_accuracy"] = 0.1
         history.loc[diverge_at, "diverged"] = 1
+    if perplexity:
+        history.insert(4, "test_perplexity", np.exp(history["test_loss"]))
+        history = history.drop(columns="test_accuracy")
     if optimizer in OURS:
         subsets = ("all",) if optimizer == "cauchy" else SUBSETS
         for index, subset in enumerate(subsets):
@@ -134,8 +159,10 @@ def write_results_tree(
     steps_per_epoch: int = 10,
     diverged: tuple = DIVERGED,
     probe_optimizers: tuple[str, ...] = ("sgd",),
+    perplexity: tuple[str, ...] = (LM_PROBLEM,),
 ) -> dict[tuple[str, str, int], dict]:
-    """Write ``root/<profile>/runs/...``; return {(problem, optimizer, seed): metrics}."""
+    """Write ``root/<profile>/runs/...``; return {(problem, optimizer, seed): metrics}. The
+    problems in ``perplexity`` are language models (module docstring)."""
     rng = np.random.default_rng(seed)
     divergence = {(p, o, s): (epoch, value) for p, o, s, epoch, value in diverged}
     written = {}
@@ -150,8 +177,19 @@ def write_results_tree(
                     steps_per_epoch=steps_per_epoch,
                     diverge_at=None if epoch_value is None else epoch_value[0],
                     diverged_value=math.nan if epoch_value is None else epoch_value[1],
+                    perplexity=problem in perplexity,
                 )
                 last = history.iloc[-1]
+                if problem in perplexity:
+                    quality = {
+                        "final_test_perplexity": float(last["test_perplexity"]),
+                        "best_test_perplexity": float(history["test_perplexity"].min()),
+                    }
+                else:
+                    quality = {
+                        "final_test_accuracy": float(last["test_accuracy"]),
+                        "best_test_accuracy": float(history["test_accuracy"].max()),
+                    }
                 metrics = {
                     "problem": problem,
                     "optimizer": optimizer,
@@ -160,8 +198,7 @@ def write_results_tree(
                     "steps": int(last["step"]),
                     "final_train_loss": float(last["train_loss"]),
                     "final_test_loss": float(last["test_loss"]),
-                    "final_test_accuracy": float(last["test_accuracy"]),
-                    "best_test_accuracy": float(history["test_accuracy"].max()),
+                    **quality,
                     "wall_clock": float(last["wall_clock"]),
                     "diverged": epoch_value is not None,
                     "diverged_epoch": None if epoch_value is None else epoch_value[0],

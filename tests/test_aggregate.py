@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures_results import DIVERGED, LAYOUT, SEEDS, write_params, write_results_tree
+from fixtures_results import (
+    DIVERGED,
+    LAYOUT,
+    LM_PROBLEM,
+    MIXED_LAYOUT,
+    SEEDS,
+    register_lm_problem,
+    write_params,
+    write_results_tree,
+)
 from scipy import stats
 
 from bench import aggregate, schema
@@ -113,7 +123,8 @@ def test_statistics_and_summary_json_match_an_independent_computation(tree):
         parse_constant=lambda name: pytest.fail(f"summary.json contains {name}"),
     )
     table = aggregation.statistics(_summary(results)).set_index(["problem", "optimizer", "metric"])
-    assert set(headline) == set(LAYOUT)
+    assert set(headline) == {*LAYOUT, "@profile"} and headline["@profile"] == "default"
+    assert list(headline)[0] == "@profile"
     for problem, optimizers in LAYOUT.items():
         assert set(headline[problem]) == {*optimizers, "comparisons"}
         for optimizer in optimizers:
@@ -134,14 +145,17 @@ def test_statistics_and_summary_json_match_an_independent_computation(tree):
                 assert row["n"] == n
                 assert row["ci_low"] == pytest.approx(mean - half, rel=1e-9)
                 assert row["ci_high"] == pytest.approx(mean + half, rel=1e-9)
-    assert set(headline["digits_mlp"]["sgd"]) == {
+    assert list(headline["digits_mlp"]["sgd"]) == [
         "final_train_loss_mean",
         "final_train_loss_std",
         "final_test_accuracy_mean",
         "final_test_accuracy_std",
         "diverged_runs",
         "seeds",
-    }
+        "time_to_separating_target_epochs_mean",
+        "time_to_separating_target_epochs_std",
+        "time_to_separating_target_epochs_reached",
+    ]  # no timing/steps.csv in the tree: no speed keys
 
 
 @pytest.mark.parametrize(
@@ -298,7 +312,7 @@ def test_only_the_cells_of_params_are_read(tmp_path, seed):
     summary = _summary(results)
     assert _cells(summary) == {("digits_mlp", "sgd", 1)}
     headline = json.loads((results / "default" / "summary.json").read_text())
-    assert list(headline) == ["digits_mlp"] and list(headline["digits_mlp"]) == ["sgd"]
+    assert list(headline) == ["@profile", "digits_mlp"] and list(headline["digits_mlp"]) == ["sgd"]
     assert headline["digits_mlp"]["sgd"]["seeds"] == 1
     final = written[("digits_mlp", "sgd", 1)]["final_train_loss"]
     assert _value(summary, "digits_mlp", "sgd", 1, "train_loss_target") == final
@@ -538,3 +552,195 @@ def test_performance_profile_edge_cases():
         "p1": {"a": math.inf, "b": math.inf},
         "p2": {"a": 1.0, "b": math.inf},
     }
+
+
+# ----------------------------------------------------------------------------- quality metric
+LM_DIVERGED = ((LM_PROBLEM, "adam", 1, 2, math.inf),)
+LM_STATISTICS = ("final_train_loss", "final_test_perplexity")
+
+
+@pytest.fixture
+def mixed(tmp_path: Path, seed: int) -> tuple[Path, dict]:
+    """A classifier (accuracy) and a language model (perplexity) in one results tree."""
+    register_lm_problem()
+    results = tmp_path / "results"
+    diverged = (DIVERGED[0], *LM_DIVERGED)
+    written = write_results_tree(results, seed=seed, layout=MIXED_LAYOUT, diverged=diverged)
+    assert _aggregate(results, layout=MIXED_LAYOUT) == 0
+    return results, written
+
+
+def test_a_language_models_rows_name_its_perplexity_where_a_classifiers_name_accuracy(mixed):
+    results, written = mixed
+    summary = _summary(results)
+    perplexity_names = [m.replace("accuracy", "perplexity") for m in aggregation.RUN_METRICS]
+    for (problem, optimizer, seed), metrics in written.items():
+        rows = summary[
+            (summary["problem"] == problem)
+            & (summary["optimizer"] == optimizer)
+            & (summary["seed"] == seed)
+        ]
+        expected = perplexity_names if problem == LM_PROBLEM else list(aggregation.RUN_METRICS)
+        assert rows["metric"].tolist() == expected
+        quality = "perplexity" if problem == LM_PROBLEM else "accuracy"
+        for key in (f"final_test_{quality}", f"best_test_{quality}"):
+            np.testing.assert_equal(_value(summary, problem, optimizer, seed, key), metrics[key])
+    history = pd.read_csv(results / "default" / "runs" / LM_PROBLEM / "sgd" / "0" / "history.csv")
+    best = _value(summary, LM_PROBLEM, "sgd", 0, "best_test_perplexity")
+    assert best == history["test_perplexity"].min() < history["test_perplexity"].iloc[0]
+    assert aggregation.quality_metrics(summary) == {
+        "digits_mlp": schema.ACCURACY,
+        LM_PROBLEM: schema.PERPLEXITY,
+    }
+
+
+def test_summary_json_of_a_language_model_holds_its_perplexity(mixed):
+    results, written = mixed
+    headline = json.loads((results / "default" / "summary.json").read_text())
+    summary = _summary(results)
+    for optimizer in MIXED_LAYOUT[LM_PROBLEM]:
+        entry = headline[LM_PROBLEM][optimizer]
+        assert "final_test_accuracy_mean" not in entry
+        cell = [m for (p, o, _), m in written.items() if p == LM_PROBLEM and o == optimizer]
+        kept = [m for m in cell if not m["diverged"]]
+        for metric in LM_STATISTICS:
+            values = np.array([m[metric] for m in kept])
+            assert entry[f"{metric}_mean"] == pytest.approx(values.mean(), rel=1e-12)
+            assert entry[f"{metric}_std"] == pytest.approx(values.std(ddof=1), rel=1e-9)
+        # time to target (epochs): over the non-diverged runs that reached it
+        epochs = [
+            _value(summary, LM_PROBLEM, optimizer, m["seed"], "time_to_separating_target_epochs")
+            for m in kept
+        ]
+        reached = [e for e in epochs if math.isfinite(e)]
+        assert entry["time_to_separating_target_epochs_reached"] == len(reached)
+        mean = entry["time_to_separating_target_epochs_mean"]
+        assert mean == (pytest.approx(np.mean(reached), rel=1e-12) if reached else None)
+    assert "final_test_accuracy_mean" in headline["digits_mlp"]["sgd"]
+    assert "final_test_perplexity_mean" not in headline["digits_mlp"]["sgd"]
+
+
+def test_comparisons_use_each_problems_metric_with_its_direction(mixed):
+    """Ours lowers the loss fastest in the fixture: a higher accuracy on the classifier and a
+    lower perplexity on the language model, both better."""
+    results, written = mixed
+    headline = json.loads((results / "default" / "summary.json").read_text())
+    for problem, metric, sign in ((LM_PROBLEM, "final_test_perplexity", -1),
+                                  ("digits_mlp", "final_test_accuracy", 1)):  # fmt: skip
+        entry = headline[problem]["comparisons"]["partitioned_newton"]["sgd"]
+        assert set(entry) == {"final_train_loss", metric}
+        a, b = (
+            np.array([written[(problem, o, s)][metric] for s in SEEDS])
+            for o in ("partitioned_newton", "sgd")
+        )
+        reference = stats.ttest_rel(a, b).confidence_interval(0.95)
+        assert entry[metric]["difference"] == pytest.approx(float(np.mean(a - b)), rel=1e-12)
+        assert (entry[metric]["ci_low"], entry[metric]["ci_high"]) == pytest.approx(
+            tuple(reference), rel=1e-9
+        )
+        assert np.sign(entry[metric]["difference"]) == sign and entry[metric]["excludes_zero"]
+    summary = _summary(results)
+    wide = aggregation.wide_table(summary)
+    found = comparisons.paired_comparisons(wide, aggregation.quality_metrics(summary))
+    better = {(c.problem, c.metric): c.ours_better for c in found
+              if (c.ours, c.baseline) == ("partitioned_newton", "sgd")}  # fmt: skip
+    assert better == {
+        (LM_PROBLEM, "final_train_loss"): True,
+        (LM_PROBLEM, "final_test_perplexity"): True,
+        ("digits_mlp", "final_train_loss"): True,
+        ("digits_mlp", "final_test_accuracy"): True,
+    }
+    # without the metrics, each problem's columns tell (its own has numbers, the other's none)
+    assert [(c.problem, c.metric) for c in comparisons.paired_comparisons(wide)] == [
+        (c.problem, c.metric) for c in found
+    ]
+
+
+@pytest.mark.parametrize("damage", ["low_perplexity", "mixed_metrics", "no_quality_metric"])
+def test_a_broken_language_model_record_is_a_user_error(tmp_path, seed, damage):
+    register_lm_problem()
+    results = tmp_path / "results"
+    write_results_tree(results, seed=seed, layout=MIXED_LAYOUT, seeds=(0, 1), diverged=())
+    run_dir = results / "default" / "runs" / LM_PROBLEM / "sgd" / "1"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if damage == "low_perplexity":
+        metrics["final_test_perplexity"], match = 0.5, "test perplexity 0.5 is not ≥ 1"
+    elif damage == "mixed_metrics":
+        del metrics["final_test_perplexity"], metrics["best_test_perplexity"]
+        metrics["final_test_accuracy"] = metrics["best_test_accuracy"] = 0.5
+        history = pd.read_csv(run_dir / "history.csv").rename(
+            columns={"test_perplexity": "test_accuracy"}
+        )
+        history["test_accuracy"] = 0.5
+        history.to_csv(run_dir / "history.csv", index=False)
+        match = "records its perplexity.*its accuracy"
+    else:
+        del metrics["final_test_perplexity"]
+        match = "found none"
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(UsageError, match=match):
+        _aggregate(results, layout=MIXED_LAYOUT, seeds=(0, 1))
+    assert sorted(p.name for p in (results / "default").iterdir()) == ["runs"]
+
+
+def test_a_problem_name_that_could_collide_with_summary_jsons_keys_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="may not start with '@'"):
+        aggregation.aggregate(tmp_path, "default", [("@profile", "sgd", 0)])
+
+
+# ----------------------------------------------------------------------------- speed figures
+STEPS_HEADER = ("problem,optimizer,seconds,gradients,vs_sgd,plain_step_gradients,"
+                "recomputation_gradients_amortised,peak_memory_mb,rounds,period")  # fmt: skip
+
+
+def _steps_csv(path: Path, rows: list[tuple[str, str, str, str]]) -> Path:
+    """A timing/steps.csv with the timing stage's columns; rows (problem, optimizer, vs_sgd,
+    peak_memory_mb) as text ('' = not measured)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [STEPS_HEADER] + [f"{p},{o},0.001,1.5,{v},1.4,0.0,{m},3,10" for p, o, v, m in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_summary_json_carries_the_timing_stages_speed_figures(tmp_path, seed, capsys):
+    results = tmp_path / "results"
+    layout = {"digits_mlp": ("sgd", "adam", "partitioned_newton")}
+    write_results_tree(results, seed=seed, layout=layout, seeds=(0, 1), diverged=())
+    steps = results / "default" / "timing" / "steps.csv"
+    _steps_csv(steps, [("digits_mlp", "sgd", "1.0", "7.5"), ("digits_mlp", "adam", "1.42", ""),
+                       ("mnist1d_mlp", "sgd", "1.0", "3.0")])  # fmt: skip
+    assert _aggregate(results, layout=layout, seeds=(0, 1)) == 0
+    assert f"speed from {steps}" in capsys.readouterr().out
+    headline = json.loads((results / "default" / "summary.json").read_text())
+    cells = {o: e for o, e in headline["digits_mlp"].items() if o != "comparisons"}
+    speed = {o: (e["step_cost_vs_sgd"], e["peak_memory_mb"]) for o, e in cells.items()}
+    assert speed == {"sgd": (1.0, 7.5), "adam": (1.42, None), "partitioned_newton": (None, None)}
+    # --timing names another file; a missing or broken one is a user error, nothing written
+    other = _steps_csv(
+        tmp_path / "elsewhere.csv", [("digits_mlp", "partitioned_newton", "2.5", "11")]
+    )
+    params = tmp_path / "params.yaml"  # written by _aggregate
+    argv = ["--results", str(results), "--params", str(params)]
+    assert aggregate.main([*argv, "--timing", str(other)]) == 0
+    headline = json.loads((results / "default" / "summary.json").read_text())
+    assert headline["digits_mlp"]["partitioned_newton"]["step_cost_vs_sgd"] == 2.5
+    assert headline["digits_mlp"]["sgd"]["step_cost_vs_sgd"] is None
+    before = (results / "default" / "summary.json").read_bytes()
+    broken = tmp_path / "broken.csv"
+    broken.write_text("problem,optimizer,vs_sgd\ndigits_mlp,sgd,1.0\n")
+    repeated = _steps_csv(tmp_path / "repeated.csv", [("digits_mlp", "sgd", "1", "2")] * 2)
+    for path, match in ((tmp_path / "absent.csv", "no such file"),
+                        (broken, "lacks the columns \\['peak_memory_mb'\\]"),
+                        (repeated, "twice")):  # fmt: skip
+        assert run(aggregate.main, [*argv, "--timing", str(path)]) == 2
+        assert re.search(match, capsys.readouterr().err)
+        assert (results / "default" / "summary.json").read_bytes() == before
+
+
+def test_without_timing_results_summary_json_has_no_speed_keys(tree):
+    results, _ = tree
+    headline = json.loads((results / "default" / "summary.json").read_text())
+    for problem in aggregation.problem_names(headline):
+        for optimizer, entry in headline[problem].items():
+            if optimizer != "comparisons":
+                assert "step_cost_vs_sgd" not in entry and "peak_memory_mb" not in entry

@@ -4,8 +4,9 @@
   interval of the aggregate and the report is this one).
 - :func:`paired_comparisons`: per problem, our optimizer and each of its variants
   (:data:`OURS`, :data:`VARIANTS`) against each baseline (every other optimizer run on the
-  problem): the per-seed difference ours − baseline of :data:`COMPARED_METRICS`, with the paired
-  interval :data:`PAIRED_RULE`.
+  problem): the per-seed difference ours − baseline of the final training loss and of the
+  problem's quality metric (:func:`compared_metrics`: the final test accuracy, higher is better,
+  or the final test perplexity, lower is better), with the paired interval :data:`PAIRED_RULE`.
 - :func:`performance_profile`: the Dolan–Moré profile of the optimizers across problems on the
   time to each problem's training-loss target, in epochs (:data:`PROFILE_RULE`).
 
@@ -16,7 +17,7 @@ run indexed by (problem, optimizer, seed), one column per metric).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,23 @@ VARIANTS = (
     "partitioned_newton_saddle_free",
     "cauchy",
 )
-COMPARED_METRICS = (FINAL_TRAIN_LOSS, FINAL_TEST_ACCURACY)
+COMPARED_METRICS = (FINAL_TRAIN_LOSS, FINAL_TEST_ACCURACY)  # an accuracy problem's
+
+
+def compared_metrics(quality: str | schema.QualityMetric = schema.DEFAULT_METRIC) -> tuple:
+    """The metrics compared on a problem of quality metric ``quality``: the final training loss
+    and the final test value of the quality metric."""
+    return (FINAL_TRAIN_LOSS, schema.quality_metric(quality).final_key)
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a lower value of a compared metric is better (the loss; a quality metric by its
+    direction)."""
+    if metric == FINAL_TRAIN_LOSS:
+        return True
+    return not schema.metric_of([metric]).higher_is_better
+
+
 PAIRED_RULE = (
     "paired by seed (a seed fixes the initialisation and the batches of every optimizer, "
     "`stream_seed`): for the seeds both optimizers ran, the per-seed differences d = ours − "
@@ -106,6 +123,14 @@ class Comparison:
         return bool(self.ci_low > 0 or self.ci_high < 0)  # False when undefined (NaN)
 
     @property
+    def ours_better(self) -> bool | None:
+        """True / False when the interval excludes zero on ours' better / worse side (by the
+        metric's direction), None otherwise."""
+        if not self.excludes_zero:
+            return None
+        return (self.difference < 0) == lower_is_better(self.metric)
+
+    @property
     def verdict(self) -> str:
         """'lower' / 'higher' (ours vs the baseline) when the interval excludes zero."""
         if self.pairs < 2:
@@ -142,13 +167,33 @@ def paired(ours: pd.DataFrame, baseline: pd.DataFrame, metric: str) -> tuple[np.
     return differences[kept], int((~kept).sum())
 
 
-def paired_comparisons(wide: pd.DataFrame) -> list[Comparison]:
-    """Every (problem, ours or a variant, baseline, metric) comparison of the wide table."""
+def wide_quality(runs: pd.DataFrame) -> schema.QualityMetric:
+    """The quality metric of one problem's rows of a wide table: the one whose final value has a
+    number there, else the only one with a column; ValueError when that does not tell."""
+    candidates = [m for m in schema.QUALITY_METRICS.values() if m.final_key in runs.columns]
+    valued = [m for m in candidates if runs[m.final_key].notna().any()]
+    for found in (valued, candidates):
+        if len(found) == 1:
+            return found[0]
+    raise ValueError(
+        f"cannot tell the quality metric from the columns {sorted(runs.columns)}: pass metrics"
+    )
+
+
+def paired_comparisons(
+    wide: pd.DataFrame, metrics: Mapping[str, str | schema.QualityMetric] | None = None
+) -> list[Comparison]:
+    """Every (problem, ours or a variant, baseline, metric) comparison of the wide table.
+
+    ``metrics``: each problem's quality metric (:func:`bench.reporting.summary.quality_metrics`
+    of the tidy table); a problem it lacks (or every problem, without it) gets the one its
+    columns tell (:func:`wide_quality`)."""
     found = []
     for problem, runs in wide.groupby(level=0, sort=True):
+        quality = (metrics or {}).get(str(problem)) or wide_quality(runs)
         cells = {o: cell.droplevel([0, 1]) for o, cell in runs.groupby(level=1, sort=True)}
         for ours, baseline in compared_pairs(cells):
-            for metric in COMPARED_METRICS:
+            for metric in compared_metrics(quality):
                 differences, dropped = paired(cells[ours], cells[baseline], metric)
                 stat = student_t(differences)
                 found.append(

@@ -181,14 +181,27 @@ def _epoch_figure(
 
 
 def test_accuracy(runs: Sequence[Run], path: Path, palette: dict) -> Path | None:
-    """Test accuracy (%) vs epoch, one line per optimizer."""
-    if not runs:
+    """Test accuracy (%) vs epoch, one line per optimizer (None: not an accuracy problem)."""
+    if not runs or runs[0].quality != schema.ACCURACY:
         return None
     cells = {o: [_scaled_accuracy(r) for r in c] for o, c in _by_optimizer(runs).items()}
     title = f"{runs[0].problem}: test accuracy (mean, min–max over seeds)"
     return _epoch_figure(
         cells, TEST_ACCURACY, palette, log=False, ylabel="test accuracy (%)", title=title, path=path
     )
+
+
+def test_perplexity(runs: Sequence[Run], path: Path, palette: dict) -> Path | None:
+    """Test perplexity (log scale) vs epoch, one line per optimizer (None: not a language
+    model)."""
+    if not runs or runs[0].quality != schema.PERPLEXITY:
+        return None
+    column = runs[0].quality_column
+    title = f"{runs[0].problem}: test perplexity per token (mean, min–max over seeds)"
+    return _epoch_figure(
+        _by_optimizer(runs), column, palette, log=True, ylabel="test perplexity", title=title,
+        path=path,
+    )  # fmt: skip
 
 
 def _scaled_accuracy(run: Run) -> Run:

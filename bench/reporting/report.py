@@ -102,7 +102,7 @@ class Problem:
 def _ablation_details(problem: Problem) -> tuple[Block, ...]:
     variants = [o for o in figures.ABLATION if o in problem.present]
     frame = tables.final_metrics_frame(problem.cell, variants)
-    return (Table(frame[tables.ABLATION_COLUMNS]),)
+    return (Table(frame[tables.ablation_columns(tables.cell_quality(problem.cell))]),)
 
 
 def _probe_details(problem: Problem) -> tuple[Block, ...]:
@@ -134,7 +134,8 @@ class FigureSection:
 
 FIGURES_OF_A_PROBLEM = (
     FigureSection("Training loss", "loss", figures.training_loss),
-    FigureSection("Test accuracy", "accuracy", figures.test_accuracy),
+    FigureSection("Test accuracy", "accuracy", figures.test_accuracy),  # accuracy problems
+    FigureSection("Test perplexity", "perplexity", figures.test_perplexity),  # language models
     FigureSection(
         f"Per-subset learning rates η_s of our optimizers (`{schema.ETA_PREFIX}<subset>`)",
         "eta",
@@ -168,7 +169,9 @@ class Derived:
         wide = summary.wide_table(inputs.summary)
         return cls(
             stats=summary.statistics(inputs.summary),
-            comparisons=comparisons.paired_comparisons(wide),
+            comparisons=comparisons.paired_comparisons(
+                wide, summary.quality_metrics(inputs.summary)
+            ),
             epochs_profile=profile_section.profiles(inputs.summary)[0],
             median_epochs=comparisons.median_times(wide, summary.TIME_TO_SEPARATING_EPOCHS),
             palette=figures.colors(inputs.optimizers),
@@ -196,12 +199,13 @@ def _comparison_section(problem: Problem, derived: Derived) -> Section | None:
     found = [c for c in derived.comparisons if c.problem == problem.name]
     if not found:
         return None
+    quality = tables.cell_quality(problem.cell)
     return Section(
         "Ours against the baselines (paired)",
         (
             Paragraph(
                 "Difference ours − baseline of the final training loss (lower is better) and of "
-                "the final test accuracy (higher is better), with its "
+                f"the final test {quality.name} ({quality.direction}), with its "
                 f"{comparisons.CONFIDENCE:.0%} interval: {comparisons.PAIRED_RULE}. The word "
                 "after the interval says whether ours is lower or higher when the interval "
                 "excludes zero."

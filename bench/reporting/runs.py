@@ -2,9 +2,11 @@
 
 A run folder holds ``metrics.json``, ``history.csv`` and, for the probed optimizers,
 ``probe.csv``, with the keys and columns of :mod:`bench.schema`. :func:`load_run` checks a folder
-against that contract (required keys and columns, the cell named by the path, accuracies as
-fractions, CSV files not cut mid-row, metrics.json complete); a folder that breaks it is a
-:class:`~bench.errors.UsageError` naming the file.
+against that contract (required keys and columns, the cell named by the path, the quality
+metric's values in its range: accuracies as fractions, perplexities ≥ 1; CSV files not cut
+mid-row, metrics.json complete); a folder that breaks it is a :class:`~bench.errors.UsageError`
+naming the file. A run names its problem's quality metric by its keys
+(:func:`bench.schema.metric_of`); every run of a problem must name the same.
 
 :func:`load_runs` reads exactly the cells params.yaml defines (``problems × optimizers × seeds``,
 :func:`params_cells`): a folder under ``runs/`` that is no cell of params (a seed or an optimizer
@@ -30,7 +32,7 @@ from bench.config import Config
 from bench.errors import UsageError
 from bench.schema import OPTIMIZER, PROBLEM, PROVENANCE, SEED
 
-HISTORY_COLUMNS = schema.history_columns(schema.TEST_SPLIT)  # what a training run writes
+HISTORY_COLUMNS = schema.history_columns(schema.TEST_SPLIT)  # an accuracy problem's run writes
 TEST_LOSS = schema.loss_column(schema.TEST_SPLIT)
 TEST_ACCURACY = schema.accuracy_column(schema.TEST_SPLIT)
 METRICS_FILE, HISTORY_FILE, PROBE_FILE = "metrics.json", "history.csv", "probe.csv"
@@ -54,6 +56,16 @@ class Run:
         return bool(self.metrics[schema.DIVERGED])
 
     @property
+    def quality(self) -> schema.QualityMetric:
+        """The problem's quality metric, as the run's metrics.json names it."""
+        return schema.metric_of(self.metrics)
+
+    @property
+    def quality_column(self) -> str:
+        """The history column of the quality metric on the test split (``test_<metric>``)."""
+        return self.quality.column(schema.TEST_SPLIT)
+
+    @property
     def provenance(self) -> dict[str, Any]:
         """The run's provenance record ({} when metrics.json has none)."""
         return self.metrics.get(PROVENANCE) or {}
@@ -64,11 +76,12 @@ def as_float(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def _check_accuracy(values: Any, where: str) -> None:
-    array = np.asarray(values, dtype=np.float64)
-    bad = array[np.isfinite(array) & ((array < 0.0) | (array > 1.0))]
-    if bad.size:
-        raise UsageError(f"{where}: test accuracy {bad[0]!r} is not a fraction in [0, 1]")
+def _check_range(quality: schema.QualityMetric, values: Any, where: str) -> None:
+    """UsageError naming ``where`` when a finite value lies outside the metric's range."""
+    array = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    bad = [value for value in array.tolist() if quality.outside(value)]
+    if bad:
+        raise UsageError(f"{where}: test {quality.name} {bad[0]!r} is not {quality.range_text}")
 
 
 def _read_metrics(path: Path) -> dict[str, Any]:
@@ -78,7 +91,11 @@ def _read_metrics(path: Path) -> dict[str, Any]:
         metrics = json.loads(metrics_path.read_text())
     except json.JSONDecodeError as error:
         raise UsageError(f"{metrics_path} is not complete JSON ({error}): rerun its cell") from None
-    required = (PROBLEM, OPTIMIZER, SEED, *schema.METRICS_FROM_JSON)
+    try:
+        quality = schema.metric_of(metrics)
+    except ValueError as error:
+        raise UsageError(f"{metrics_path}: {error}") from None
+    required = (PROBLEM, OPTIMIZER, SEED, *schema.metrics_from_json(quality.name))
     missing = [key for key in required if key not in metrics]
     if missing:
         raise UsageError(f"{metrics_path} lacks the keys {missing}")
@@ -92,8 +109,8 @@ def _read_metrics(path: Path) -> dict[str, Any]:
             raise UsageError(
                 f"{metrics_path}: {key} = {metrics[key]!r} but the path says {value!r}"
             )
-    for key in schema.ACCURACY_METRICS:
-        _check_accuracy(as_float(metrics[key]), f"{metrics_path} {key}")
+    for key in (quality.final_key, quality.best_key):
+        _check_range(quality, as_float(metrics[key]), f"{metrics_path} {key}")
     return metrics
 
 
@@ -125,10 +142,12 @@ def load_run(path: Path) -> Run:
     metrics = _read_metrics(path)
     history_path = path / HISTORY_FILE
     history = read_csv_file(history_path)
-    missing = [column for column in HISTORY_COLUMNS if column not in history.columns]
+    quality = schema.metric_of(metrics)
+    required = schema.history_columns(schema.TEST_SPLIT, quality.name)
+    missing = [column for column in required if column not in history.columns]
     if missing:
         raise UsageError(f"{history_path} lacks the columns {missing}")
-    _check_accuracy(history[TEST_ACCURACY], str(history_path))
+    _check_range(quality, history[quality.column(schema.TEST_SPLIT)], str(history_path))
     probe_path = path / PROBE_FILE
     probe = read_csv_file(probe_path) if probe_path.is_file() else None
     cell = (metrics[PROBLEM], metrics[OPTIMIZER], metrics[SEED])
@@ -167,4 +186,20 @@ def load_runs(results: Path, profile: str, cells: Iterable[Cell]) -> list[Run]:
             f"<problem>/<optimizer>/<seed> {shown} (problems × optimizers × seeds of params): "
             "run the train stage"
         )
-    return [load_run(paths[cell]) for cell in cells]
+    runs = [load_run(paths[cell]) for cell in cells]
+    check_metrics(runs)
+    return runs
+
+
+def check_metrics(runs: Iterable[Run]) -> dict[str, schema.QualityMetric]:
+    """Per problem, the quality metric its runs name; UsageError when two runs of one problem
+    name different ones (results of two versions of the problem mixed)."""
+    found: dict[str, Run] = {}
+    for run in runs:
+        first = found.setdefault(run.problem, run)
+        if first.quality != run.quality:
+            raise UsageError(
+                f"problem {run.problem}: {first.path} records its {first.quality.name}, "
+                f"{run.path} its {run.quality.name}: rerun the problem's cells"
+            )
+    return {problem: run.quality for problem, run in found.items()}

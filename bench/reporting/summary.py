@@ -7,10 +7,19 @@ and writes, atomically:
 
 - ``results/<profile>/summary.csv``: tidy, one row per (problem, optimizer, seed, metric) with
   the columns :data:`bench.schema.SUMMARY_COLUMNS` and the metrics of :data:`RUN_METRICS`;
-- ``results/<profile>/summary.json``: ``{problem: {optimizer: {final_train_loss_mean, ...},
-  "comparisons": {ours: {baseline: {metric: {difference, ci_low, ci_high, pairs, dropped_pairs,
-  excludes_zero}}}}}}``, the numbers ``dvc metrics show`` lists (strict JSON: NaN and ±inf
-  become ``null``); the comparisons are :func:`bench.reporting.comparisons.paired_comparisons`.
+- ``results/<profile>/summary.json``: ``{"@profile": profile, problem: {optimizer:
+  {final_train_loss_mean, ...}, "comparisons": {ours: {baseline: {metric: {difference, ci_low,
+  ci_high, pairs, dropped_pairs, excludes_zero}}}}}}`` (:func:`summary_json`), the numbers ``dvc
+  metrics show`` lists (strict JSON: NaN and ±inf become ``null``); the comparisons are
+  :func:`bench.reporting.comparisons.paired_comparisons`. With the timing stage's
+  ``timing/steps.csv`` (:func:`timing_figures`), each cell also carries its step cost × SGD and
+  its peak memory.
+
+**The quality metric** is each problem's own (:data:`bench.schema.QUALITY_METRICS`), told by
+its runs' records: an accuracy problem's rows are ``final_test_accuracy`` and
+``best_test_accuracy``, a language model's ``final_test_perplexity`` and ``best_test_perplexity``
+(lower is better), in the same place of :func:`run_metrics`; :func:`quality_metrics` reads it
+back from the tidy table.
 
 Rules (the report repeats them):
 
@@ -40,6 +49,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,12 +62,13 @@ from bench.reporting.comparisons import (
     paired_comparisons,
     student_t,
 )
-from bench.reporting.runs import Cell, Run, as_float, load_runs
+from bench.reporting.runs import Cell, Run, as_float, load_runs, read_csv_file
 
 PROBLEM, OPTIMIZER, SEED, METRIC, VALUE = schema.SUMMARY_COLUMNS
 CELL = [PROBLEM, OPTIMIZER]
 RUN_KEY = [PROBLEM, OPTIMIZER, SEED]
 ROW_KEY = [PROBLEM, OPTIMIZER, SEED, METRIC]
+# An accuracy problem's names (the quality metric's two depend on the problem: run_metrics).
 (FINAL_TRAIN_LOSS, FINAL_TEST_LOSS, FINAL_TEST_ACCURACY, BEST_TEST_ACCURACY, WALL_CLOCK, EPOCHS,
  STEPS, DIVERGED) = schema.METRICS_FROM_JSON  # fmt: skip
 LOSS_DECREASED = "loss_decreased"  # 1 when the final training loss < the initial one
@@ -70,17 +81,28 @@ SEPARATING_TARGET = "separating_train_loss_target"
 TIME_TO_SEPARATING_EPOCHS = "time_to_separating_target_epochs"
 TIME_TO_SEPARATING_SECONDS = "time_to_separating_target_seconds"
 SEPARATING_METRICS = (TIME_TO_SEPARATING_EPOCHS, TIME_TO_SEPARATING_SECONDS)
-RUN_METRICS = (
-    schema.METRICS_FROM_JSON + PROGRESS_METRICS + TIME_TO_TARGET_METRICS + TARGET_METRICS
-    + SEPARATING_METRICS + (SEPARATING_TARGET,)
+DERIVED_METRICS = (
+    PROGRESS_METRICS + TIME_TO_TARGET_METRICS + TARGET_METRICS + SEPARATING_METRICS
+    + (SEPARATING_TARGET,)
 )  # fmt: skip
+NO_STATISTICS = (DIVERGED, *TARGET_METRICS, SEPARATING_TARGET)
+
+
+def run_metrics(metric: str = schema.DEFAULT_METRIC) -> tuple[str, ...]:
+    """The per-run metrics of summary.csv, in row order, for a problem of quality ``metric``."""
+    return schema.metrics_from_json(metric) + DERIVED_METRICS
+
+
+def statistic_metrics(metric: str = schema.DEFAULT_METRIC) -> tuple[str, ...]:
+    """The metrics that get mean / std / interval over the non-diverged seeds."""
+    return tuple(m for m in run_metrics(metric) if m not in NO_STATISTICS)
+
+
+RUN_METRICS = run_metrics()  # an accuracy problem's
 # Per-run metrics read from the last history row when the optimizer logs them (no statistics).
 USABLE_SOLVES = schema.USABLE_SOLVES
 OPTIONAL_HISTORY_METRICS = {USABLE_SOLVES: schema.diagnostic_column(schema.USABLE_SOLVES)}
-# Metrics that get mean / std / interval over the non-diverged seeds.
-STATISTIC_METRICS = tuple(
-    m for m in RUN_METRICS if m not in (DIVERGED, *TARGET_METRICS, SEPARATING_TARGET)
-)
+STATISTIC_METRICS = statistic_metrics()  # an accuracy problem's
 _TRAINED = (
     "over the optimizers with at least one non-diverged run that lowered the training loss "
     "below its initial value, of the mean final training loss of those runs"
@@ -161,7 +183,8 @@ def summary_table(runs: Sequence[Run], targets: Targets, separating: Targets) ->
     rows: list[tuple[str, str, int, str, float]] = []
     for run in runs:
         target, from_params = targets[run.problem]
-        values = {key: as_float(run.metrics[key]) for key in schema.METRICS_FROM_JSON}
+        metric = run.quality.name
+        values = {key: as_float(run.metrics[key]) for key in schema.metrics_from_json(metric)}
         epochs, seconds = time_to_target(run.history, target)
         separating_target = separating[run.problem][0]
         separating_epochs, separating_seconds = time_to_target(run.history, separating_target)
@@ -175,7 +198,9 @@ def summary_table(runs: Sequence[Run], targets: Targets, separating: Targets) ->
             TIME_TO_SEPARATING_SECONDS: separating_seconds,
             SEPARATING_TARGET: separating_target,
         }
-        rows.extend((run.problem, run.optimizer, run.seed, key, values[key]) for key in RUN_METRICS)
+        rows.extend(
+            (run.problem, run.optimizer, run.seed, key, values[key]) for key in run_metrics(metric)
+        )
         for key, column in OPTIONAL_HISTORY_METRICS.items():  # only for optimizers that log them
             if column in run.history.columns and len(run.history):
                 value = as_float(run.history[column].iloc[-1])
@@ -199,6 +224,18 @@ def wide_table(summary: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
+def quality_metrics(summary: pd.DataFrame) -> dict[str, schema.QualityMetric]:
+    """Per problem of the tidy table, its quality metric, told by the metric names of its rows
+    (:func:`bench.schema.metric_of`); UsageError when a problem's rows name none or several."""
+    found = {}
+    for problem, names in summary.groupby(PROBLEM, sort=True)[METRIC]:
+        try:
+            found[str(problem)] = schema.metric_of(names)
+        except ValueError as error:
+            raise UsageError(f"summary table, problem {problem}: {error}") from None
+    return found
+
+
 def statistics(summary: pd.DataFrame) -> pd.DataFrame:
     """Mean, std and 95% Student-t interval over the non-diverged seeds of each cell and metric.
 
@@ -207,10 +244,11 @@ def statistics(summary: pd.DataFrame) -> pd.DataFrame:
     ci_high. std and the interval are NaN for n < 2 (undefined), the mean for n = 0.
     """
     wide = wide_table(summary)
+    qualities = quality_metrics(summary)
     records = []
     for (problem, optimizer), cell in wide.groupby(level=CELL, sort=True):
         diverged = cell[DIVERGED].to_numpy(dtype=np.float64) > 0.5
-        for metric in STATISTIC_METRICS:
+        for metric in statistic_metrics(qualities[str(problem)].name):
             if metric not in cell.columns:
                 continue
             records.append(
@@ -230,25 +268,79 @@ def _json_number(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def summary_json(table: pd.DataFrame, comparisons: Mapping[str, dict] | None = None) -> dict:
-    """``{problem: {optimizer: {final_train_loss_mean, final_train_loss_std,
-    final_test_accuracy_mean, final_test_accuracy_std, diverged_runs, seeds}, "comparisons":
-    ...}}`` from :func:`statistics` output (non-finite → None) and
-    :func:`~bench.reporting.comparisons.comparisons_json` output (a problem without any gets
-    none)."""
-    nested: dict[str, dict] = {}
+Timing = Mapping[tuple[str, str], Mapping[str, float]]  # (problem, optimizer) → its speed figures
+REACHED = f"{TIME_TO_SEPARATING_EPOCHS}_reached"  # non-diverged runs that reached the target
+
+
+def summary_json(
+    table: pd.DataFrame,
+    comparisons: Mapping[str, dict] | None = None,
+    *,
+    profile: str | None = None,
+    timing: Timing | None = None,
+) -> dict:
+    """summary.json from :func:`statistics` output (non-finite → None):
+
+    ``{"@profile": profile, problem: {optimizer: {final_train_loss_mean, final_train_loss_std,
+    final_test_<metric>_mean, final_test_<metric>_std, diverged_runs, seeds,
+    time_to_separating_target_epochs_mean, ..._std, time_to_separating_target_epochs_reached,
+    [step_cost_vs_sgd, peak_memory_mb]}, "comparisons": ...}}``: ``<metric>`` the problem's
+    quality metric; the time to target (epochs) over the non-diverged runs that reached it, and
+    how many did; the two speed figures when ``timing`` (:func:`timing_figures`) is given (None
+    for a cell it lacks); ``"comparisons"`` from
+    :func:`~bench.reporting.comparisons.comparisons_json` (a problem without any gets none).
+    The profile's key (:data:`bench.schema.SUMMARY_PROFILE`) comes first, when given.
+    """
+    nested: dict[str, Any] = {} if profile is None else {schema.SUMMARY_PROFILE: profile}
     for (problem, optimizer), cell in table.groupby(CELL, sort=True):
         by_metric = cell.set_index(METRIC)
+        quality = schema.metric_of(by_metric.index).final_key
         entry: dict[str, float | int | None] = {}
-        for metric in (FINAL_TRAIN_LOSS, FINAL_TEST_ACCURACY):
+        for metric in (FINAL_TRAIN_LOSS, quality):
             entry[f"{metric}_mean"] = _json_number(by_metric.loc[metric, "mean"])
             entry[f"{metric}_std"] = _json_number(by_metric.loc[metric, "std"])
         entry["diverged_runs"] = int(by_metric["diverged_runs"].iloc[0])
         entry["seeds"] = int(by_metric["runs"].iloc[0])
+        to_target = by_metric.loc[TIME_TO_SEPARATING_EPOCHS]
+        entry[f"{TIME_TO_SEPARATING_EPOCHS}_mean"] = _json_number(to_target["mean"])
+        entry[f"{TIME_TO_SEPARATING_EPOCHS}_std"] = _json_number(to_target["std"])
+        entry[REACHED] = int(to_target["n"])
+        if timing is not None:
+            speed = timing.get((str(problem), str(optimizer)), {})
+            for key in (schema.STEP_COST_VS_SGD, schema.PEAK_MEMORY_MB):
+                entry[key] = _json_number(speed.get(key, math.nan))
         nested.setdefault(str(problem), {})[str(optimizer)] = entry
     for problem, found in (comparisons or {}).items():
         nested[problem]["comparisons"] = found
     return nested
+
+
+def timing_figures(path: Path) -> dict[tuple[str, str], dict[str, float]]:
+    """The timing stage's ``steps.csv`` (:mod:`bench.studies.timing`) → per (problem,
+    optimizer): ``step_cost_vs_sgd`` (its ``vs_sgd``: the step time over SGD's, the same
+    process) and ``peak_memory_mb`` (NaN when not measured). UsageError naming the file when it
+    is missing, cut short, lacks a column, repeats a cell or holds a non-number."""
+    if not Path(path).is_file():
+        raise UsageError(f"no timing steps file {path} (run the timing stage, or leave it out)")
+    frame = read_csv_file(Path(path))
+    needed = [PROBLEM, OPTIMIZER, schema.STEPS_VS_SGD, schema.STEPS_PEAK_MEMORY]
+    missing = [column for column in needed if column not in frame.columns]
+    if missing:
+        raise UsageError(f"{path} lacks the columns {missing}")
+    repeated = frame.duplicated(subset=CELL)
+    if repeated.any():
+        raise UsageError(f"{path} lists {frame.loc[repeated, CELL].iloc[0].tolist()} twice")
+    figures: dict[tuple[str, str], dict[str, float]] = {}
+    for values in frame.to_dict("records"):
+        cell = (str(values[PROBLEM]), str(values[OPTIMIZER]))
+        try:
+            figures[cell] = {
+                schema.STEP_COST_VS_SGD: float(values[schema.STEPS_VS_SGD]),
+                schema.PEAK_MEMORY_MB: float(values[schema.STEPS_PEAK_MEMORY]),
+            }
+        except ValueError:
+            raise UsageError(f"{path}: {'/'.join(cell)} has a value that is not a number") from None
+    return figures
 
 
 def aggregate(
@@ -256,21 +348,36 @@ def aggregate(
     profile: str,
     cells: Iterable[Cell],
     fixed_targets: Mapping[str, float] | None = None,
+    timing: Path | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Load the runs of ``cells`` (params' problems × optimizers × seeds, :func:`params_cells`)
-    of ``profile``, write summary.csv and summary.json; return both.
+    of ``profile``, write summary.csv and summary.json; return both. ``timing``: the timing
+    stage's steps.csv whose speed figures summary.json carries (None: none).
 
     Everything is computed (and every input checked) before either file is written.
     """
+    cells = list(cells)
+    reserved = sorted({p for p, _, _ in cells if str(p).startswith(schema.RESERVED_PREFIX)})
+    if reserved:
+        raise UsageError(
+            f"problem names may not start with {schema.RESERVED_PREFIX!r} (summary.json's own "
+            f"keys do): {reserved}"
+        )
     runs = load_runs(results, profile, cells)
+    speed = None if timing is None else timing_figures(timing)
     targets = train_loss_targets(runs, fixed_targets, rule=WORST_TARGET_RULE)
     table = summary_table(runs, targets, train_loss_targets(runs, fixed_targets))
-    comparisons = comparisons_json(paired_comparisons(wide_table(table)))
-    headline = summary_json(statistics(table), comparisons)
+    comparisons = comparisons_json(paired_comparisons(wide_table(table), quality_metrics(table)))
+    headline = summary_json(statistics(table), comparisons, profile=profile, timing=speed)
     csv_path, json_path = layout.summary_paths(profile, results)
     write_csv_atomic(csv_path, table)
     write_json_atomic(json_path, headline)
     return table, headline
+
+
+def problem_names(headline: Mapping[str, Any]) -> list[str]:
+    """The problems of a summary.json (its keys but the reserved ones, e.g. the profile's)."""
+    return [key for key in headline if not key.startswith(schema.RESERVED_PREFIX)]
 
 
 def run_count(table: pd.DataFrame) -> int:

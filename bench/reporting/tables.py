@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from bench import schema
 from bench.reporting import comparisons as compare
 from bench.reporting import summary as agg  # `summary` names the tidy table below
 from bench.reporting.runs import Run
@@ -57,6 +58,23 @@ def interval(row: pd.Series, percent: bool = False) -> str:
     return f"[{_number(row['ci_low'], percent)}, {_number(row['ci_high'], percent)}]"
 
 
+# ----------------------------------------------------------------------------- quality metric
+SHORT = {schema.ACCURACY.name: "acc.", schema.PERPLEXITY.name: "ppl."}  # headline columns
+
+
+def quality_label(quality: schema.QualityMetric, short: bool = False) -> str:
+    """How a table names the problem's quality metric: 'test accuracy (%)', 'test perplexity';
+    ``short``: the headline's 'acc. (%)', 'ppl.'."""
+    name = SHORT.get(quality.name, quality.name) if short else f"test {quality.name}"
+    return f"{name} (%)" if quality.percent else name
+
+
+def cell_quality(cell: pd.DataFrame) -> schema.QualityMetric:
+    """The quality metric of one problem's :func:`~bench.reporting.summary.statistics` rows
+    indexed by (optimizer, metric)."""
+    return schema.metric_of(cell.index.get_level_values(-1))
+
+
 # ----------------------------------------------------------------------------- headline
 STALLED_MARK = "did not train"
 
@@ -97,7 +115,10 @@ def mean_ranks(stats: pd.DataFrame, stalled: set[tuple[str, str]]) -> pd.Series:
 
 
 def _best(stats: pd.DataFrame, metric: str, excluded: set[tuple[str, str]], highest: bool):
-    """Per problem: the optimizers whose mean of ``metric`` is the best (ties: all)."""
+    """Per problem: the optimizers whose mean of ``metric`` is the best (ties: all; problems
+    without ``metric`` have none)."""
+    if metric not in stats.index.unique(agg.METRIC):
+        return set()
     means = stats.xs(metric, level=agg.METRIC)["mean"].drop(index=list(excluded), errors="ignore")
     means = means.dropna()
     best = means.groupby(level=agg.PROBLEM).transform("max" if highest else "min")
@@ -105,25 +126,30 @@ def _best(stats: pd.DataFrame, metric: str, excluded: set[tuple[str, str]], high
 
 
 def headline_frame(summary: pd.DataFrame) -> pd.DataFrame:
-    """Optimizers (rows, by :func:`mean_ranks`) × problems: final training loss and test
-    accuracy (%) as mean ± std over the non-diverged seeds, the best of each column in bold, the
-    marks ("did not train", "diverged k/n") in their own column."""
+    """Optimizers (rows, by :func:`mean_ranks`) × problems: final training loss and the
+    problem's quality metric (test accuracy in %, or test perplexity) as mean ± std over the
+    non-diverged seeds, the best of each column in bold (by the metric's direction), the marks
+    ("did not train", "diverged k/n") in their own column."""
     stats = agg.statistics(summary).set_index([*agg.CELL, agg.METRIC])
     stalled = stalled_cells(summary)
     ranks = mean_ranks(stats, stalled)
+    qualities = agg.quality_metrics(summary)
     problems = sorted(stats.index.unique(agg.PROBLEM))
     best_loss = _best(stats, agg.FINAL_TRAIN_LOSS, stalled, highest=False)
-    best_accuracy = _best(stats, agg.FINAL_TEST_ACCURACY, stalled, highest=True)
+    best_quality = set().union(
+        *(_best(stats, q.final_key, stalled, q.higher_is_better) for q in set(qualities.values()))
+    )
     rows = []
     for optimizer in sorted(ranks.index, key=lambda o: (ranks[o], o)):
         row, marks = {"optimizer": optimizer, "mean rank": f"{ranks[optimizer]:.1f}"}, {}
         for problem in problems:
+            quality = qualities[problem]
             loss = stats.loc[(problem, optimizer, agg.FINAL_TRAIN_LOSS)]
-            accuracy = stats.loc[(problem, optimizer, agg.FINAL_TEST_ACCURACY)]
+            value = stats.loc[(problem, optimizer, quality.final_key)]
             key = (problem, optimizer)
             row[f"{problem} loss"] = _bold(headline_cell(loss), key in best_loss)
-            row[f"{problem} acc. (%)"] = _bold(
-                headline_cell(accuracy, percent=True), key in best_accuracy
+            row[f"{problem} {quality_label(quality, short=True)}"] = _bold(
+                headline_cell(value, percent=quality.percent), key in best_quality
             )
             mark = _cell_mark(loss, key in stalled)
             if mark is not None:
@@ -165,12 +191,16 @@ def headline_note(summary: pd.DataFrame) -> str | None:
 def headline_legend(summary: pd.DataFrame) -> str:
     """What the headline's rows, cells and marks are."""
     seeds = sorted(set(agg.statistics(summary)["runs"].astype(int)))
+    qualities = sorted(set(agg.quality_metrics(summary).values()), key=lambda q: q.name)
+    best = ", ".join(
+        f"{'highest' if q.higher_is_better else 'lowest'} test {q.name}" for q in qualities
+    )
     return (
         "Rows: optimizers by mean rank, over the problems, of their mean final training loss "
         "(1 = the lowest on every problem; a cell that did not train or diverged on every seed "
         f"ranks last). Cells: mean ± std over the non-diverged seeds (of "
         f"{' or '.join(map(str, seeds))} per cell); **bold**: the best of the column (lowest "
-        "loss, highest test accuracy), among the cells that trained."
+        f"loss, {best}), among the cells that trained."
     )
 
 
@@ -201,12 +231,16 @@ def readme_headline(readme: str) -> str | None:
 
 # ----------------------------------------------------------------------------- per problem
 def final_metrics_frame(cell: pd.DataFrame, optimizers: Sequence[str]) -> pd.DataFrame:
-    """One row per optimizer from :func:`statistics` rows indexed by (optimizer, metric)."""
+    """One row per optimizer from :func:`statistics` rows indexed by (optimizer, metric), with
+    the problem's quality metric (accuracy in %, or perplexity; its final and best values)."""
+    quality = cell_quality(cell)
+    label, percent = quality_label(quality), quality.percent
+    unit = " (%)" if percent else ""
     rows = []
     for optimizer in optimizers:
-        loss, accuracy = (
+        loss, value = (
             cell.loc[(optimizer, agg.FINAL_TRAIN_LOSS)],
-            cell.loc[(optimizer, agg.FINAL_TEST_ACCURACY)],
+            cell.loc[(optimizer, quality.final_key)],
         )
         rows.append(
             {
@@ -216,19 +250,28 @@ def final_metrics_frame(cell: pd.DataFrame, optimizers: Sequence[str]) -> pd.Dat
                 "final training loss": mean_std(loss),
                 INTERVAL: interval(loss),
                 "final test loss": mean_std(cell.loc[(optimizer, agg.FINAL_TEST_LOSS)]),
-                "test accuracy (%)": mean_std(accuracy, percent=True),
-                f"{INTERVAL} (%)": interval(accuracy, percent=True),
-                "best test accuracy (%)": mean_std(
-                    cell.loc[(optimizer, agg.BEST_TEST_ACCURACY)], percent=True
-                ),
+                label: mean_std(value, percent=percent),
+                f"{INTERVAL}{unit}": interval(value, percent=percent),
+                f"best {label}": mean_std(cell.loc[(optimizer, quality.best_key)], percent=percent),
                 "wall-clock (s)": mean_std(cell.loc[(optimizer, agg.WALL_CLOCK)]),
             }
         )
     return pd.DataFrame(rows)
 
 
-ABLATION_COLUMNS = ["optimizer", "seeds", "diverged", "final training loss",
-                    "test accuracy (%)", "wall-clock (s)"]  # fmt: skip
+ABLATION_COLUMNS = [
+    "optimizer",
+    "seeds",
+    "diverged",
+    "final training loss",
+    "test accuracy (%)",
+    "wall-clock (s)",
+]  # fmt: skip (an accuracy problem's)
+
+
+def ablation_columns(quality: schema.QualityMetric) -> list[str]:
+    """The columns of :func:`final_metrics_frame` the ablation table shows."""
+    return [quality_label(quality) if c == "test accuracy (%)" else c for c in ABLATION_COLUMNS]
 
 
 def time_to_target_frame(
@@ -285,7 +328,7 @@ def difference(comparison: compare.Comparison, percent: bool = False) -> str:
 
 def comparisons_frame(found: Sequence[compare.Comparison]) -> pd.DataFrame:
     """One row per (ours or a variant, baseline) of one problem: the seed pairs and the paired
-    difference of each compared metric (accuracy in percentage points)."""
+    difference of each compared metric (accuracy in percentage points, perplexity as it is)."""
     by_pair: dict[tuple[str, str], dict[str, compare.Comparison]] = {}
     for comparison in found:
         by_pair.setdefault((comparison.ours, comparison.baseline), {})[comparison.metric] = (
@@ -293,14 +336,17 @@ def comparisons_frame(found: Sequence[compare.Comparison]) -> pd.DataFrame:
         )
     rows = []
     for (ours, baseline), metrics in by_pair.items():
-        loss, accuracy = metrics[agg.FINAL_TRAIN_LOSS], metrics[agg.FINAL_TEST_ACCURACY]
-        dropped = max(loss.dropped, accuracy.dropped)
+        loss = metrics[agg.FINAL_TRAIN_LOSS]
+        (metric,) = (m for m in metrics if m != agg.FINAL_TRAIN_LOSS)  # the quality metric's
+        quality, value = schema.metric_of([metric]), metrics[metric]
+        dropped = max(loss.dropped, value.dropped)
+        label = f"test {quality.name}" + (", points of %" if quality.percent else "")
         rows.append(
             {
                 "comparison": f"{ours} − {baseline}",
                 "seed pairs": f"{loss.pairs}" + (f" ({dropped} dropped)" if dropped else ""),
                 f"final training loss [{INTERVAL}]": difference(loss),
-                f"test accuracy, points of % [{INTERVAL}]": difference(accuracy, percent=True),
+                f"{label} [{INTERVAL}]": difference(value, percent=quality.percent),
             }
         )
     return pd.DataFrame(rows)

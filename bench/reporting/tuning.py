@@ -19,12 +19,15 @@ from typing import Any
 
 import pandas as pd
 
-from bench import layout
+from bench import layout, schema
 from bench.errors import UsageError
 from bench.reporting.document import Paragraph, Section, Table
 
 TITLE = "Tuning: choices at an edge of their grid"
-RESULT_KEYS = frozenset({"valid_loss", "valid_accuracy", "train_loss", "diverged"})
+RESULT_KEYS = frozenset(
+    {"valid_loss", "train_loss", "diverged"}
+    | {quality.column(schema.VALID_SPLIT) for quality in schema.QUALITY_METRICS.values()}
+)  # a row's results (valid_accuracy or valid_perplexity): every other key is a hyperparameter
 AT_EDGE = "at_edge"
 
 
