@@ -14,6 +14,14 @@ CPU-sized problems on the embedded data sets (the default grid, offline): ``mnis
 (64-64-32-10 tanh), ``mnist1d_mlp`` (40-128-64-10 ELU); and ``fashion_mnist_mlp`` (the
 paper's MNIST MLP on Fashion-MNIST, full data).
 
+Beyond MLPs (issue #12): ``mnist5k_bnresnet`` (a residual CNN with BatchNorm, conv biases on,
+:func:`bench.models.bn_resnet`) and ``pytopics_chartransformer`` (a causal character-level
+transformer, :func:`bench.models.char_transformer`, on CPython's ``pydoc_data.topics``; metric
+perplexity, per-module partition), with ``tiny_shakespeare_chartransformer`` its hub
+counterpart for the paper profile. A language model's inputs are token ids ``[B, T]`` (int64),
+its targets the next tokens ``[B, T]``, its logits ``[B, T, V]``: :attr:`Problem.input_shape` is
+``(T,)`` and :attr:`Problem.num_classes` the vocabulary size V.
+
 Adding a problem — the one place to do it::
 
     from bench.models import mlp
@@ -158,6 +166,19 @@ def _mnist1d_mlp() -> nn.Module:
     return models.mlp(40, (128, 64), 10, "elu")
 
 
+def _mnist5k_bnresnet() -> nn.Module:
+    return models.bn_resnet(1, num_classes=10)
+
+
+def _char_transformer(dataset: str) -> Callable[[], nn.Module]:
+    spec = DATASETS[dataset]
+
+    def build() -> nn.Module:
+        return models.char_transformer(spec.num_classes, context=spec.input_shape[0])
+
+    return build
+
+
 for _problem in (
     Problem("mnist_mlp", "mnist", models.mlp_mnist, 200,
             description="the paper's MNIST MLP 784-1024-200-100-10, tanh"),
@@ -177,5 +198,17 @@ for _problem in (
             description="MLP 64-64-32-10 tanh on sklearn's 8x8 digits"),
     Problem("mnist1d_mlp", "mnist1d", _mnist1d_mlp, 30,
             description="MLP 40-128-64-10 ELU on MNIST-1D"),
+    Problem("mnist5k_bnresnet", "mnist5k", _mnist5k_bnresnet, 5, batch_size=32,
+            description="residual CNN with BatchNorm (conv biases on), ReLU, 19 850 parameters, "
+                        "on the 5 000 embedded MNIST images"),
+    Problem("pytopics_chartransformer", "pytopics", _char_transformer("pytopics"), 5,
+            batch_size=32, curvature_batch_size=32, metric="perplexity", partition="per_module",
+            description="causal char transformer (2 pre-LN blocks, d 64, context 64) on 2 048 "
+                        "windows of pydoc_data.topics"),
+    Problem("tiny_shakespeare_chartransformer", "tiny_shakespeare",
+            _char_transformer("tiny_shakespeare"), 10, batch_size=64, curvature_batch_size=64,
+            metric="perplexity", partition="per_module",
+            description="causal char transformer (2 pre-LN blocks, d 64, context 64) on Tiny "
+                        "Shakespeare"),
 ):  # fmt: skip
     register_problem(_problem)

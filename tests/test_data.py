@@ -8,12 +8,17 @@ the raw integer pixel values, and the three splits together must be exactly the 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import os
+import platform
+import string
 import subprocess
 import sys
 import time
+import types
 from collections import Counter
 from pathlib import Path
 
@@ -364,3 +369,188 @@ def test_batches_reject_bad_arguments():
         batches(x, y, 0, seed=0)
     with pytest.raises(ValueError, match="length"):
         batches(x, y[:3], 2, seed=0)
+
+
+# --------------------------------------------------------------------------- text
+@pytest.fixture(scope="module")
+def pytopics() -> Splits:
+    return load_arrays("pytopics", seed=0)
+
+
+def decode(splits: Splits, ids: np.ndarray) -> str:
+    return "".join(splits.text["vocabulary"][i] for i in ids)
+
+
+def test_pytopics_shapes_vocabulary_and_provenance(pytopics):
+    text = data._pytopics()
+    assert (pytopics.name, pytopics.task, pytopics.input_shape) == (
+        "pytopics",
+        "language_model",
+        (64,),
+    )
+    assert pytopics.text["vocabulary"] == "".join(sorted(set(text)))
+    assert pytopics.num_classes == len(pytopics.text["vocabulary"]) == 103
+    assert (
+        pytopics.text["sha256"] == data.PYTOPICS_SHA256 and pytopics.text["characters"] == 464_970
+    )
+    assert pytopics.text["python"] == platform.python_version()
+    parts = {"train": 2048, "valid": 726, "test": 726}  # train: the spec's max_train of 5 812
+    for part, count in parts.items():
+        x, y = getattr(pytopics, f"x_{part}"), getattr(pytopics, f"y_{part}")
+        assert x.shape == y.shape == (count, 64) and x.dtype == y.dtype == np.int64
+        np.testing.assert_array_equal(x[:, 1:], y[:, :-1])  # y is x shifted by one
+    assert pytopics.fractions == (0.8, 0.1, 0.1)
+
+
+def windows_of(splits: Splits, part: str) -> Counter:
+    """The multiset of a split's windows as text: x's 64 characters and y's last."""
+    x, y = getattr(splits, f"x_{part}"), getattr(splits, f"y_{part}")
+    return Counter(decode(splits, a) + decode(splits, b[-1:]) for a, b in zip(x, y, strict=True))
+
+
+def test_pytopics_windows_come_from_their_contiguous_part(pytopics):
+    """Every window is text[s : s + 65] with s a multiple of 64 inside its part's bounds."""
+    text = data._pytopics()
+    bounds = np.rint(np.cumsum((0, 0.8, 0.1, 0.1)) * len(text)).astype(int)
+    for index, part in enumerate(("train", "valid", "test")):
+        start, stop = bounds[index], bounds[index + 1]
+        expected = Counter(text[s : s + 65] for s in range(start, stop - 64, 64))
+        found = windows_of(pytopics, part)
+        if part == "train":
+            assert found.total() == 2048 and not found - expected  # a subset of them
+        else:
+            assert found == expected  # all of them, each once
+
+
+def test_pytopics_order_depends_on_the_seed_only(pytopics):
+    again = load_arrays("pytopics", seed=0)
+    other = load_arrays("pytopics", seed=1)
+    np.testing.assert_array_equal(again.x_train, pytopics.x_train)
+    assert not np.array_equal(other.x_valid, pytopics.x_valid)
+    assert sorted(map(bytes, other.x_valid)) == sorted(map(bytes, pytopics.x_valid))
+
+
+@pytest.fixture
+def changed_topics(monkeypatch):
+    """pydoc_data.topics with one character changed (as another Python release might ship)."""
+    from pydoc_data.topics import topics
+
+    key = sorted(topics)[0]
+    monkeypatch.setitem(topics, key, topics[key].replace("a", "b", 1))
+    data._pytopics.cache_clear()
+    yield
+    data._pytopics.cache_clear()
+
+
+def test_a_different_pytopics_text_is_refused_with_both_digests(changed_topics):
+    with pytest.raises(DatasetUnavailableError) as error:
+        load_arrays("pytopics")
+    message = str(error.value)
+    actual = hashlib.sha256(data._pytopics().encode()).hexdigest()
+    assert "'pytopics'" in message and data.PYTOPICS_SHA256 in message and actual in message
+    assert f"Python {platform.python_version()}" in message and "Python 3.11.7" in message
+
+
+def test_prepare_stops_on_a_different_pytopics_text(changed_topics, tmp_path):
+    from bench.errors import UsageError
+    from bench.prepare import prepare
+
+    config = types.SimpleNamespace(
+        problems=["pytopics_chartransformer"],
+        prepare=types.SimpleNamespace(seed=0, max_train=None, max_test=None),
+        data_path=lambda name, results: Path(results) / "data" / f"{name}.npz",
+    )
+    with pytest.raises(UsageError, match=data.PYTOPICS_SHA256):
+        prepare(config, results=tmp_path)
+    assert not (tmp_path / "data").exists()
+
+
+def test_text_splits_round_trip_and_refuse_another_text_on_load(pytopics, tmp_path, monkeypatch):
+    path = save_splits(pytopics, tmp_path / "pytopics.npz")
+    loaded = load_splits(path)
+    for key in data.ARRAYS:
+        np.testing.assert_array_equal(getattr(loaded, key), getattr(pytopics, key))
+    assert (loaded.task, loaded.text) == (pytopics.task, pytopics.text)
+    with np.load(path) as stored:
+        metadata = json.loads(str(stored["metadata"]))
+    assert metadata["software"] == {"numpy": np.__version__, "python": platform.python_version()}
+    assert metadata["text"]["sha256"] == data.PYTOPICS_SHA256
+    other = dataclasses.replace(data.DATASETS["pytopics"], text_sha256="0" * 64)
+    monkeypatch.setitem(data.DATASETS, "pytopics", other)
+    with pytest.raises(DatasetUnavailableError, match="0{64}"):
+        load_splits(path)
+
+
+def test_classification_metadata_has_no_text_keys(tmp_path):
+    with np.load(save_splits(small_splits(), tmp_path / "digits.npz")) as stored:
+        metadata = json.loads(str(stored["metadata"]))
+    assert "task" not in metadata and "text" not in metadata
+
+
+def test_token_splits_are_validated(pytopics):
+    with pytest.raises(ValueError, match="int64"):
+        dataclasses.replace(pytopics, x_test=pytopics.x_test.astype(np.float32))
+    with pytest.raises(ValueError, match="token ids outside 0..102"):
+        dataclasses.replace(pytopics, y_test=pytopics.y_test + 1)
+    with pytest.raises(ValueError, match="unknown task"):
+        dataclasses.replace(pytopics, task="translation")
+    with pytest.raises(ValueError, match="input_shape"):
+        data.DatasetSpec("t", 5, (4, 4), (0.8, 0.1, 0.1), "x", raw=str, task="language_model")
+
+
+# The 65 characters of Tiny Shakespeare: the hub copy's vocabulary.
+SHAKESPEARE_CHARACTERS = "\n !$&',-.3:;?" + string.ascii_uppercase + string.ascii_lowercase
+
+
+def write_text_parquet(directory: Path, parts: dict[str, list[str]], column: str = "text") -> None:
+    """Hub-shaped text parquet files: one per split, a string column (as karpathy's copy)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, rows in parts.items():
+        pq.write_table(
+            pa.table({column: pa.array(rows, type=pa.string())}),
+            directory / f"{split}-00000-of-00001.parquet",
+        )
+
+
+def fixture_text(rng, length: int) -> str:
+    characters = list(SHAKESPEARE_CHARACTERS)
+    body = rng.choice(characters, size=length - len(characters)).tolist()
+    return "".join(characters + body)  # every character at least once
+
+
+def test_tiny_shakespeare_from_local_parquet(tmp_path, isolated_cache, seed):
+    rng = np.random.default_rng(seed)
+    text = fixture_text(rng, 9_000)
+    parts = {"train": [text[:7000], text[7000:8000]], "validation": [text[8000:8500]],
+             "test": [text[8500:]]}  # fmt: skip
+    write_text_parquet(tmp_path / "tiny" / "data", parts)
+    splits = load_arrays("tiny_shakespeare", root=tmp_path / "tiny", seed=seed)
+    assert splits.source.startswith("parquet:") and splits.task == "language_model"
+    assert splits.text["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    assert splits.text["vocabulary"] == "".join(sorted(SHAKESPEARE_CHARACTERS))
+    bounds = np.rint(np.cumsum((0, 0.9, 0.05, 0.05)) * len(text)).astype(int)
+    for index, part in enumerate(("train", "valid", "test")):
+        start, stop = bounds[index], bounds[index + 1]
+        assert len(getattr(splits, f"x_{part}")) == (stop - start - 1) // 64
+        expected = Counter(text[s : s + 65] for s in range(start, stop - 64, 64))
+        assert windows_of(splits, part) == expected
+
+
+def test_text_parquet_errors_name_the_data_set(tmp_path, isolated_cache):
+    with pytest.raises(DatasetUnavailableError, match="'tiny_shakespeare'.*no train"):
+        load_arrays("tiny_shakespeare", root=tmp_path)
+    write_text_parquet(tmp_path / "other", {"train": [SHAKESPEARE_CHARACTERS * 3]}, column="line")
+    with pytest.raises(DatasetUnavailableError, match="no text column 'text'.*line"):
+        load_arrays("tiny_shakespeare", root=tmp_path / "other")
+    write_text_parquet(tmp_path / "small", {"train": ["abcabc" * 50]})
+    with pytest.raises(ValueError, match="3 distinct characters.*V = 65"):
+        load_arrays("tiny_shakespeare", root=tmp_path / "small")
+
+
+def test_batches_keep_token_ids_integral(pytopics, seed):
+    x, y = pytopics.x_valid[:10], pytopics.y_valid[:10]
+    inputs, targets = next(batches(x, y, 4, seed=seed))
+    assert inputs.dtype == targets.dtype == torch.long and inputs.shape == targets.shape == (4, 64)
