@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .derivatives import projected_derivatives
+from .flatness import flat_subsets, projected_derivatives_with_flatness
 from .partition import get_partition, per_tensor, validate_groups
 from .proposals import PROPOSALS, adam_direction, gradient_direction, momentum_direction
 from .subspace import INDEFINITE_MODES, OK_STATUSES, SolverStatus, subspace_step
@@ -45,14 +45,16 @@ class PartitionedNewton(torch.optim.Optimizer):
         u = rule(g)                                        # proposals.py: gradient/momentum/adam
         if t mod T == 0:                                   # recomputation (the only host syncs)
             if finite:
-                (ḡ, H̄, D3) = projected_derivatives(curvature_loss, θ, subsets, u,
-                                                   order 3 (2 if λ_int = 0), diagonal=True)
-                if distributed: (ḡ, H̄, D3) ← their means over ranks
+                (ḡ, H̄, D3), ρ = projected_derivatives_with_flatness(curvature_loss, θ,
+                                 subsets, u, order 3 (2 if λ_int = 0), diagonal=True)
+                if distributed: (ḡ, H̄, D3, ρ) ← their means over ranks
                 if all finite: push into the window of the last K estimates; n ← n + 1
             if n > W:                                      # warm-up: the first W estimates
                 ḡ, H̄, D3 ← uniform means over the window; d = |D3|^(1/3)  (after averaging)
                 if curvature == "diagonal": H̄ ← Diag(H̄)
-                η' = subspace_step(ḡ, H̄, d, λ_int)         # minimises −ḡᵀη + ½ηᵀH̄η + λ_int/6 ‖Dη‖³
+                flat_s = max over the window of ρ_s ≤ 64 eps        # flatness.py: L constant
+                η' = subspace_step(ḡ, H̄, d, λ_int, flat)   # minimises −ḡᵀη + ½ηᵀH̄η + λ_int/6 ‖Dη‖³
+                                                   # over the subsets not flat; η'_s = 0 on those
                                                    # (λ_int = 0, H̄ not ≻ 0: see `indefinite`)
                 if η' solved: η ← max(η', 0) if remove_negative else η'   # else keep the old η
         if η exists: θ_s ← θ_s − λ1_s η_s u_s   (multiplied by finite: a skipped step moves nothing)
@@ -76,6 +78,14 @@ class PartitionedNewton(torch.optim.Optimizer):
     among the usable ones. With λ_int > 0 the cubic model always has a minimiser and
     ``indefinite`` is not used.
 
+    A subset along which the loss is numerically constant (a conv bias before a BatchNorm, a
+    parameter the loss does not read, u_s = 0) has ḡ_s, H̄_s· and D^3_sss at rounding level, and
+    a solve on them returns an arbitrarily large η_s (METHOD.md §4). It is recognised by its
+    flatness ratio ρ_s (``optimizers.flatness``: its gradient against the magnitude of the
+    terms that cancel in it, invariant under METHOD.md §6), at rounding level in every estimate
+    of the window, and dropped: η_s = 0, the others solved exactly without it, status
+    ``flat_subset`` (``reduced_status`` in the record says how the others were solved).
+
     Differences from the paper / choices of the spec:
 
     * warm-up counts accepted estimates: a recomputation whose estimate is skipped (non-finite)
@@ -95,16 +105,19 @@ class PartitionedNewton(torch.optim.Optimizer):
     Cost: every step costs one forward-backward, the rule's elementwise updates, one norm of
     the gradients and the update of θ (no host synchronisation off the CPU). Every T-th step adds
     ``projected_derivatives`` (1 + 2S reverse passes through one forward of the curvature
-    batch with λ_int > 0, 1 + S with λ_int = 0) and an S×S float64 solve. Memory: the rule's
+    batch with λ_int > 0, 1 + S with λ_int = 0), the flatness ratios (one more reverse pass
+    and a local one per operator reading a parameter) and an S×S float64 solve. Memory: the rule's
     buffers (one per parameter, two for adam) and K(S² + 2S) float64 numbers.
 
     Diagnostics: ``diagnostics`` (the last 1000 recomputations) and ``last_diagnostics``:
     records ``{"step", "event" ("solved", "failed", "warmup", "non_finite_gradient",
     "non_finite_curvature"), "subsets" (names), "eta" (η in use after it, or None),
     "h_diagonal", "condition_number" (of the H̄ solved with), "status" (solver status name),
-    "solver_status" (its code in ``STATUS_CODES``), "r" (‖Dη‖)}``. Cumulative counters, as
-    read-only properties: ``status_counts``, ``usable_solves``, ``failed_solves`` and
-    ``skipped_estimates``.
+    "solver_status" (its code in ``STATUS_CODES``), "r" (‖Dη‖), "flat_subsets" (names of
+    the subsets dropped as flat), "flatness" (ρ [S], the window's largest), "reduced_status"
+    (with ``flat_subset``: the status of the solve over the others)}``. Cumulative counters,
+    as read-only properties: ``status_counts``, ``usable_solves``, ``failed_solves``,
+    ``skipped_estimates`` and ``flat_counts`` (per subset name).
 
     A complete training loop (ReduceLROnPlateau halves λ1 when the epoch's loss stalls)::
 
@@ -266,6 +279,11 @@ class PartitionedNewton(torch.optim.Optimizer):
         return self.state[GLOBAL]["failed_solves"]
 
     @property
+    def flat_counts(self) -> dict[str, int]:
+        """Subset name → how many solves dropped it as flat (η_s = 0), since the start (a copy)."""
+        return dict(self.state[GLOBAL].get("flat_counts", {}))
+
+    @property
     def skipped_estimates(self) -> int:
         """Recomputations whose estimate was not finite and was left out, since the start."""
         return self.state[GLOBAL]["skipped_estimates"]
@@ -374,7 +392,7 @@ class PartitionedNewton(torch.optim.Optimizer):
         glob, options = self.state[GLOBAL], self.options
         record: dict[str, Any] = {"step": glob["step"], "subsets": self.subset_names}
         record.update(status=None, solver_status=None, r=None, h_diagonal=None)
-        record["condition_number"] = None
+        record.update(condition_number=None, flat_subsets=[], flatness=None, reduced_status=None)
         estimate = self._estimate(curvature_loss, directions) if bool(finite) else None
         if estimate is None:
             glob["skipped_estimates"] += 1
@@ -406,13 +424,14 @@ class PartitionedNewton(torch.optim.Optimizer):
             return loss
 
         with torch.enable_grad():  # projected_derivatives builds θ + η u in the caller's mode
-            derivatives = projected_derivatives(
+            derivatives, flatness = projected_derivatives_with_flatness(
                 recorded, params, names, direction, order=order, diagonal=True
             )
         num = len(names)
         third = derivatives[2] if order == 3 else torch.zeros_like(derivatives[0])
         value = values[0].reshape(1).to(derivatives[0].dtype)
-        packed = torch.cat([derivatives[0], derivatives[1].reshape(-1), third, value])
+        parts = [derivatives[0], derivatives[1].reshape(-1), third, flatness, value]
+        packed = torch.cat(parts)
         world = _world_size()
         if world > 1:  # a non-finite loss on any rank makes every rank skip this estimate
             dist.all_reduce(packed)
@@ -420,12 +439,12 @@ class PartitionedNewton(torch.optim.Optimizer):
         packed = packed.to(device="cpu", dtype=torch.float64)
         if not bool(torch.isfinite(packed).all()):
             return None
-        gradient, hessian, third, _ = packed.split([num, num * num, num, 1])
-        return gradient, hessian.reshape(num, num), third
+        gradient, hessian, third, flatness, _ = packed.split([num, num * num, num, num, 1])
+        return gradient, hessian.reshape(num, num), third, flatness
 
-    def _push(self, gradient: Tensor, hessian: Tensor, third: Tensor) -> None:
+    def _push(self, gradient: Tensor, hessian: Tensor, third: Tensor, flatness: Tensor) -> None:
         glob, keep = self.state[GLOBAL], self.options["average"]
-        new = {"gradient": gradient, "hessian": hessian, "third": third}
+        new = {"gradient": gradient, "hessian": hessian, "third": third, "flatness": flatness}
         if glob["window"] is None:
             glob["window"] = {key: value[None].clone() for key, value in new.items()}
             return
@@ -443,9 +462,19 @@ class PartitionedNewton(torch.optim.Optimizer):
             hessian = torch.diag(torch.diagonal(hessian))
         lambda_int = options["lambda_int"]
         scale = third.abs().pow(1.0 / 3.0) if lambda_int > 0 else None
-        result = subspace_step(gradient, hessian, scale, lambda_int, options["indefinite"])
+        # flat in every estimate of the window: the largest ρ_s is at rounding level
+        flatness = window["flatness"].max(0).values
+        flat = flat_subsets(flatness, self.param_groups[0]["params"][0].dtype)
+        result = subspace_step(
+            gradient, hessian, scale, lambda_int, options["indefinite"],
+            flat=flat if bool(flat.any()) else None,
+        )  # fmt: skip
         status = SolverStatus(result.status).value
         glob["status_counts"][status] = glob["status_counts"].get(status, 0) + 1
+        dropped = [name for name, f in zip(self.subset_names, result.flat, strict=False) if f]
+        flat_counts = glob.setdefault("flat_counts", {})
+        for name in dropped:
+            flat_counts[name] = flat_counts.get(name, 0) + 1
         if result.ok:
             eta = result.eta.detach().to(device="cpu", dtype=torch.float64).clone()
             glob["eta"] = eta.clamp(min=0.0) if options["remove_negative"] else eta
@@ -459,6 +488,9 @@ class PartitionedNewton(torch.optim.Optimizer):
             r=float(result.r),
             h_diagonal=torch.diagonal(hessian).tolist(),
             condition_number=_condition_number(hessian),
+            flat_subsets=dropped,
+            flatness=flatness.tolist(),
+            reduced_status=None if result.reduced_status is None else result.reduced_status.value,
         )
 
     # ------------------------------------------------------------------ state
@@ -484,6 +516,9 @@ class PartitionedNewton(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         reference = self.param_groups[0]["params"][0]
         glob = self.state[GLOBAL]
+        window = glob.get("window")
+        if window is not None and "flatness" not in window:  # saved before flatness existed:
+            window["flatness"] = torch.ones_like(window["third"])  # ρ = 1, nothing flat
         for key in ("skipped_steps", "adam_count"):
             glob[key] = glob[key].to(device=reference.device, dtype=reference.dtype)
 

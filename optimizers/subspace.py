@@ -96,6 +96,11 @@ class SubspaceStep:
             dropped (see :func:`subspace_step`): then up to ~DROP_TOLERANCE. For an order-2
             step on an H̄ that is not ≻ 0 it is the residual of the equation that step solves
             (see :func:`subspace_step`), also rounding level.
+        reduced_status: with status FLAT_SUBSET, the status of the solve over the subsets that
+            are not flat (None when every subset is flat, or no subset was dropped).
+        flat: the subsets dropped (η_s = 0), one bool per subset: those given as ``flat``
+            and, in the order-2 modes "solve" and "saddle_free", those with H̄_ss = 0; ()
+            when none was dropped.
     """
 
     eta: torch.Tensor
@@ -103,6 +108,8 @@ class SubspaceStep:
     r: float
     model_value: float
     residual: float
+    reduced_status: SolverStatus | None = None
+    flat: tuple[bool, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -111,7 +118,12 @@ class SubspaceStep:
 
 
 def subspace_step(
-    g: Any, H: Any, d: Any = None, lambda_int: float = 0.0, indefinite: str = "skip"
+    g: Any,
+    H: Any,
+    d: Any = None,
+    lambda_int: float = 0.0,
+    indefinite: str = "skip",
+    flat: Any = None,
 ) -> SubspaceStep:
     r"""Global minimiser η* [S] of m(η) = −ḡᵀη + ½ηᵀH̄η + (λ_int/6)‖Dη‖³ (METHOD.md §3, §5).
 
@@ -124,6 +136,17 @@ def subspace_step(
             ``INDEFINITE_MODES``: ``"skip"`` (no step: m has no minimiser), ``"solve"`` (the
             paper's H̄⁻¹ḡ whatever the inertia) or ``"saddle_free"`` (|H̄|⁻¹ḡ). Not used by
             the cubic model.
+        flat: optional mask [S] (bool) of the subsets along which the loss is numerically
+            constant (``optimizers.flatness``: a conv bias before a BatchNorm, a parameter the
+            loss does not read, u_s = 0). They are dropped: η_s = 0 whatever ḡ_s, H̄_s· and
+            d_s, and the step is solved exactly over the others (set R) from ḡ_R, H̄_RR and
+            d_R alone, by the rules below (in the order-2 modes ``"solve"`` and
+            ``"saddle_free"`` through the equilibrated solve of the H̄_ss = 0 case, which is
+            the same drop). Status FLAT_SUBSET when some subset was dropped and the reduced
+            solve gave a step (its own status is in ``reduced_status``), or when every subset
+            is flat (η = 0); the reduced solve's status when it gave none. r, model_value and
+            residual are those of the reduced solve (m(η) is the same number: η_s = 0 on the
+            flat subsets).
 
     Method (σ = λ_int/2, r = ‖Dη‖):
 
@@ -145,9 +168,11 @@ def subspace_step(
         out (no step along a direction without curvature): the minimum-norm solution in z,
         not in η's raw coordinates, whose pseudo-inverse METHOD.md §6 does not leave
         invariant (H̄ = [[1, 1], [1, 1]], a = (1, 2)). Status, the first that applies:
-        FLAT_SUBSET (some H̄_ss = 0), ORDER2_SINGULAR (some λ_i counted as zero), else
-        NEWTON_INDEFINITE (``"solve"``) or SADDLE_FREE (K then has a negative eigenvalue: an
-        H̄ ≻ 0 took the NEWTON branch). m(η) is the quadratic model at η (−ḡᵀη + ½ηᵀH̄η);
+        FLAT_SUBSET (some H̄_ss = 0, or a subset given as ``flat``: they join the H̄_ss = 0
+        ones), ORDER2_SINGULAR (some λ_i counted as zero), else NEWTON_INDEFINITE
+        (``"solve"``) or SADDLE_FREE (K then has a negative eigenvalue: an H̄ ≻ 0 took the
+        NEWTON branch; with FLAT_SUBSET, ``reduced_status`` is one of these, or NEWTON when
+        K ≻ 0 after the drop). m(η) is the quadratic model at η (−ḡᵀη + ½ηᵀH̄η);
         the residual is that of the equation solved, ‖QF(Λ)Qᵀz − Q_kQ_kᵀb‖ /
         (‖Q_kᵀb‖ + ‖QF(Λ)Qᵀz‖) (Q_k: the eigenvectors kept). ``PartitionedNewton`` then
         clips η_s < 0 (``remove_negative``).
@@ -202,20 +227,28 @@ def subspace_step(
     if indefinite not in INDEFINITE_MODES:
         raise ValueError(f"indefinite must be one of {INDEFINITE_MODES}, got {indefinite!r}")
     size = g.shape[0]
+    flat = _validated_flat(flat, size)
     if not (np.all(np.isfinite(g)) and np.all(np.isfinite(H))) or (
         d is not None and not np.all(np.isfinite(d))
     ):
         return _no_step(size, SolverStatus.NON_FINITE)
     H = 0.5 * (H + H.T)
+    order2 = lambda_int == 0.0 or d is None
+    if flat is not None and not (order2 and indefinite != "skip"):
+        return _without_flat(g, H, d, lambda_int, indefinite, flat)
     residual = None  # computed below from the model, unless the solve gives its own
-    if lambda_int == 0.0 or d is None:
-        status, eta, scale = _newton(g, H)
+    if order2:
+        status, eta, scale = _newton(g, H) if flat is None else (_NOT_PD, None, None)
+        dropped, reduced_status = None, None
         if status is SolverStatus.NOT_POSITIVE_DEFINITE and indefinite != "skip":
-            status, eta, residual = _order2_not_positive_definite(g, H, indefinite)
+            status, eta, residual, dropped, reduced_status = _order2_not_positive_definite(
+                g, H, indefinite, flat
+            )
         sigma, d_used = 0.0, np.zeros(size)
     else:
         status, eta, scale = _cubic(g, H, d, lambda_int)
         sigma, d_used = 0.5 * lambda_int, d
+        dropped, reduced_status = None, None
     if status not in _OK_STATUSES:
         return _no_step(size, status)
     radius = float(np.linalg.norm(d_used * eta))  # ‖Dη‖; d_used = 0 for Newton
@@ -228,6 +261,52 @@ def subspace_step(
         r=radius,
         model_value=model_value,
         residual=residual,
+        reduced_status=reduced_status,
+        flat=() if dropped is None or not dropped.any() else tuple(bool(f) for f in dropped),
+    )
+
+
+_NOT_PD = SolverStatus.NOT_POSITIVE_DEFINITE
+
+
+def _validated_flat(flat: Any, size: int) -> np.ndarray | None:
+    """The mask ``flat`` as a bool array [S], or None when absent or all False."""
+    if flat is None:
+        return None
+    if isinstance(flat, torch.Tensor):
+        flat = flat.detach().cpu().numpy()
+    mask = np.asarray(flat)
+    if mask.shape != (size,) or mask.dtype != np.bool_:
+        raise ValueError(
+            f"flat must be a bool mask of shape [S] = [{size}], got {mask.dtype} "
+            f"of shape {list(mask.shape)}"
+        )
+    return mask if mask.any() else None
+
+
+def _without_flat(g, H, d, lambda_int, indefinite, flat: np.ndarray) -> SubspaceStep:
+    """subspace_step over the subsets that are not ``flat``, η_s = 0 on those (cubic model and
+    the order-2 "skip" mode; the other order-2 modes drop them in their own solve)."""
+    size, kept = g.shape[0], ~flat
+    flags = tuple(bool(f) for f in flat)
+    if not kept.any():
+        eta = torch.zeros(size, dtype=torch.float64)
+        return SubspaceStep(eta, SolverStatus.FLAT_SUBSET, 0.0, 0.0, 0.0, flat=flags)
+    reduced = subspace_step(
+        g[kept], H[np.ix_(kept, kept)], None if d is None else d[kept], lambda_int, indefinite
+    )
+    eta = torch.zeros(size, dtype=torch.float64)
+    if not reduced.ok:
+        return SubspaceStep(eta, reduced.status, 0.0, 0.0, math.nan, flat=flags)
+    eta[torch.from_numpy(kept)] = reduced.eta
+    return SubspaceStep(
+        eta=eta,
+        status=SolverStatus.FLAT_SUBSET,
+        r=reduced.r,
+        model_value=reduced.model_value,
+        residual=reduced.residual,
+        reduced_status=reduced.status,
+        flat=flags,
     )
 
 
@@ -284,14 +363,17 @@ def _newton(g: np.ndarray, H: np.ndarray):
     return SolverStatus.NEWTON, z / scale, scale
 
 
-def _order2_not_positive_definite(g: np.ndarray, H: np.ndarray, mode: str):
+def _order2_not_positive_definite(g: np.ndarray, H: np.ndarray, mode: str, given=None):
     """(status, η, residual) of the order-2 step ``mode`` ("solve" or "saddle_free") on an H̄
-    that is not ≻ 0, in the equilibrated variables of subspace_step's docstring."""
+    that is not ≻ 0 (or with ``given`` flat subsets), in the equilibrated variables of
+    subspace_step's docstring."""
     diagonal = np.diag(H)
     flat = diagonal == 0  # η_s = 0 there
+    if given is not None:
+        flat = flat | given
     eta = np.zeros(g.shape[0])
     if flat.all():
-        return SolverStatus.FLAT_SUBSET, eta, 0.0
+        return SolverStatus.FLAT_SUBSET, eta, 0.0, flat, None
     kept = ~flat
     scale = np.sqrt(np.abs(diagonal[kept]))
     b = g[kept] / scale
@@ -306,15 +388,17 @@ def _order2_not_positive_definite(g: np.ndarray, H: np.ndarray, mode: str):
     denominator = float(np.linalg.norm(beta) + np.linalg.norm(image))
     error = float(np.linalg.norm(image - vectors @ beta))
     residual = error / denominator if denominator > 0 else 0.0
-    if flat.any():
-        status = SolverStatus.FLAT_SUBSET
-    elif null.any():
-        status = SolverStatus.ORDER2_SINGULAR
+    if null.any():
+        kind = SolverStatus.ORDER2_SINGULAR
+    elif eigenvalues[0] > 0:  # only after a drop: otherwise the NEWTON branch took it
+        kind = SolverStatus.NEWTON
     elif mode == "saddle_free":
-        status = SolverStatus.SADDLE_FREE
+        kind = SolverStatus.SADDLE_FREE
     else:
-        status = SolverStatus.NEWTON_INDEFINITE
-    return status, eta, residual
+        kind = SolverStatus.NEWTON_INDEFINITE
+    if flat.any():
+        return SolverStatus.FLAT_SUBSET, eta, residual, flat, kind
+    return kind, eta, residual, flat, None
 
 
 def _zero_d(g: np.ndarray, H: np.ndarray, d: np.ndarray, lambda_int: float) -> np.ndarray:
