@@ -20,9 +20,12 @@ import pandas as pd
 import pytest
 from fixtures_results import (
     LAYOUT,
+    LM_PROBLEM,
+    MIXED_LAYOUT,
     PROBE_EXPECTED_PATTERN,
     SEEDS,
     expected_edges,
+    register_lm_problem,
     tune_record,
     write_params,
     write_results_tree,
@@ -572,3 +575,43 @@ def test_subset_tick_labels_are_short():
     assert figures.short_subset("1.weight+1.bias+3.weight") == "all 3 tensors"
     long = figures.short_subset("encoder.layers.11.attention.query.weight")
     assert len(long) <= figures.LABEL_WIDTH and long.startswith("…")
+
+
+def test_a_language_models_sections_use_its_perplexity_lower_is_better(tmp_path):
+    """A classifier and a language model in one report: each problem's tables, figure,
+    comparisons and headline column show its own metric, the best by its own direction."""
+    register_lm_problem()
+    results, out, written = _build(tmp_path, layout=MIXED_LAYOUT, diverged=())
+    markdown = (out / "report.md").read_text()
+    assert (out / "figures" / f"perplexity_{LM_PROBLEM}.png").read_bytes().startswith(PNG_MAGIC)
+    assert not (out / "figures" / f"accuracy_{LM_PROBLEM}.png").exists()
+    assert (out / "figures" / "accuracy_digits_mlp.png").is_file()
+    assert not (out / "figures" / "perplexity_digits_mlp.png").exists()
+    lm_section = markdown.split(f"## Problem `{LM_PROBLEM}`")[1].split("\n## ")[0]
+    classifier = markdown.split("## Problem `digits_mlp`")[1].split("\n## ")[0]
+    assert "### Test perplexity" in lm_section and "accuracy" not in lm_section
+    assert "### Test accuracy" in classifier and "perplexity" not in classifier
+    assert "the final test perplexity (lower is better)" in lm_section
+    assert "the final test accuracy (higher is better)" in classifier
+    header = next(line for line in lm_section.splitlines() if line.startswith("| optimizer |"))
+    assert "| test perplexity |" in header and "| best test perplexity |" in header
+    assert "| test perplexity [95% interval] |" in lm_section
+    # the headline: the language model's column holds mean ± std of the final perplexity, its
+    # lowest mean in bold; the classifier's its accuracy (%), the highest in bold
+    header, rows = _headline_rows((out / "headline.md").read_text())
+    column = {"digits_mlp": "digits_mlp acc. (%)", LM_PROBLEM: f"{LM_PROBLEM} ppl."}
+    for problem, metric, pick, scale in (
+        (LM_PROBLEM, "final_test_perplexity", min, 1.0),
+        ("digits_mlp", "final_test_accuracy", max, 100.0),
+    ):
+        means = {}
+        for row in rows:
+            values = scale * np.array(
+                [m[metric] for (p, o, _), m in written.items() if p == problem and o == row[0]]
+            )
+            mean, _ = _parse_mean_std(row[header.index(column[problem])])
+            assert mean == pytest.approx(values.mean(), rel=1e-3, abs=0.006)
+            means[row[0]] = values.mean()
+        bold = [row[0] for row in rows if row[header.index(column[problem])].startswith("**")]
+        assert bold == [pick(means, key=means.get)]
+    assert "highest test accuracy, lowest test perplexity" in (out / "headline.md").read_text()

@@ -591,3 +591,135 @@ def test_at_edge_names_the_axes_whose_choice_ends_its_grid():
     assert at_edge(axes, {"lr": 0.1, "damping": 0.1, "momentum": 0.9}) == []
     assert at_edge(axes, {"lr": 1.0, "damping": 0.03, "momentum": 0.9}) == ["lr", "damping"]
     assert at_edge(axes, {"lr": 0.01, "damping": 0.1, "momentum": 0.9}) == ["lr"]
+
+
+# --------------------------------------------------------------------------- a language model
+TINY_CONTEXT = 12
+
+
+def tiny_text(seed: int = 0, length: int = 2400) -> str:
+    """A text with structure to learn: words of a small alphabet, some repeated often."""
+    rng = np.random.default_rng(seed)
+    words = ["ab", "bca", "cab", "dd", "abcd", "e"]
+    return " ".join(rng.choice(words, size=length // 3, p=[0.3, 0.2, 0.2, 0.1, 0.1, 0.1]))
+
+
+@pytest.fixture
+def tiny_lm(tmp_path):
+    """(config, results) of a grid on a tiny language model registered here: a 1-block causal
+    transformer on a synthetic text (metric perplexity, per-module partition)."""
+    from bench.data import DatasetSpec, register_dataset
+    from bench.models import char_transformer
+    from bench.prepare import prepare
+    from bench.problems import Problem, register_problem
+
+    text = tiny_text()
+    vocabulary = len(set(text))
+    register_dataset(
+        DatasetSpec("tinytext", vocabulary, (TINY_CONTEXT,), (0.8, 0.1, 0.1), "synthetic",
+                    raw=lambda: text, task="language_model"),
+        replace=True,
+    )  # fmt: skip
+    register_problem(
+        Problem(
+            "tinytext_transformer", "tinytext",
+            lambda: char_transformer(vocabulary, context=TINY_CONTEXT, d_model=16, heads=2,
+                                     blocks=1),
+            2, batch_size=16, curvature_batch_size=16, metric="perplexity",
+            partition="per_module",
+        ),
+        replace=True,
+    )  # fmt: skip
+    params = tiny_params(tmp_path, problems=["tinytext_transformer"])
+    often = {"update_every": 2, "warmup": 1, "average": 2}  # curvature within the 6 steps
+    params["optimizers"] = {
+        "sgd": {"hyperparameters": {}, "grid": {"lr": [0.3]}},
+        "partitioned_newton": {"hyperparameters": often, "grid": {"lr": [0.1]}},
+        "kfac": {"hyperparameters": {}, "grid": {"lr": [0.01], "damping": [0.1]}},
+        "cauchy": {"hyperparameters": often, "grid": {"lr": [0.1]}},
+        "partitioned_newton_diag": {"hyperparameters": {**often, "partition": "per_tensor"},
+                                    "grid": {"lr": [0.1]}},
+    }  # fmt: skip
+    # one epoch of 6 steps (tune and train): the order-3 derivatives of a transformer are slow
+    params["train"] |= {"epochs": 1, "batch_size": 32, "curvature_batch_size": 32}
+    params["train"]["probe"]["optimizers"] = []
+    params["prepare"]["max_train"] = None  # all ~160 training windows
+    config = parse_pipeline_config(params)
+    results = tmp_path / "results"
+    prepare(config, results=results)
+    return config, results
+
+
+def test_a_language_models_train_cell_records_its_perplexity(tiny_lm):
+    """The history and metrics carry the perplexity per token (exp of the mean per-token
+    cross-entropy of the test split, checked against an independent evaluation of the trained
+    model); the problem's partition is the one our optimizer used, recorded."""
+    from bench.data import load_splits
+    from bench.problems import get_problem
+    from bench.train import train_cell
+    from bench.tune import tune_cell
+
+    config, results = tiny_lm
+    tuned = tune_cell(config, "tinytext_transformer", "sgd", results=results)
+    assert set(tuned["grid"][0]) == {"lr", "valid_loss", "valid_perplexity", "train_loss",
+                                     "diverged"}  # fmt: skip
+    metrics = train_cell(config, "tinytext_transformer", "sgd", 0, results=results)
+    run_dir = config.run_dir("tinytext_transformer", "sgd", 0, results)
+    history = pd.read_csv(run_dir / "history.csv")
+    assert list(history.columns[:8]) == [
+        "epoch", "step", "train_loss", "test_loss", "test_perplexity", "wall_clock", "lr",
+        "diverged",
+    ]  # fmt: skip
+    on_disk = json.loads((run_dir / "metrics.json").read_text())
+    assert "final_test_accuracy" not in on_disk and on_disk == json.loads(json.dumps(metrics))
+    np.testing.assert_allclose(history["test_perplexity"], np.exp(history["test_loss"]), rtol=1e-12)
+    assert on_disk["final_test_perplexity"] == history["test_perplexity"].iloc[-1]
+    assert on_disk["best_test_perplexity"] == history["test_perplexity"].min()
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]  # it trains
+    assert "partition" not in on_disk["hyperparameters"]  # SGD takes none
+    # an independent evaluation: the per-token cross-entropy of the test split in float64
+    splits = load_splits(config.data_path("tinytext", results))
+    x, y = (torch.as_tensor(a) for a in (splits.x_test, splits.y_test))
+    assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape
+    model = get_problem("tinytext_transformer").make_model(stream_seed(0, "init")).eval()
+    with torch.no_grad():  # the weights at epoch 0, as the run initialised them
+        logits = model(x).double()
+    ce = -torch.log_softmax(logits, dim=-1).gather(-1, y.unsqueeze(-1)).mean()
+    assert history["test_loss"].iloc[0] == pytest.approx(float(ce), rel=1e-5)
+    assert history["test_perplexity"].iloc[0] == pytest.approx(math.exp(float(ce)), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "partition"),
+    [("partitioned_newton", "per_module"), ("kfac", None), ("cauchy", "single"),
+     ("partitioned_newton_diag", "per_tensor")],
+)  # fmt: skip
+def test_a_problems_partition_reaches_the_optimizers_that_take_one(tiny_lm, optimizer,
+                                                                   partition):  # fmt: skip
+    """Ours takes the problem's per-module partition (one subset per module: the diagnostics
+    name one η per module), unless params fix one (the diag variant here: per tensor); cauchy
+    keeps its single subset, written out; K-FAC (ASDL, on the sequence's logits [B, T, V]) takes
+    none. The tune file and metrics.json name the partition that ran. Every run trains."""
+    from bench.train import train_cell
+    from bench.tune import tune_cell
+
+    config, results = tiny_lm
+    tuned = tune_cell(config, "tinytext_transformer", optimizer, results=results)
+    metrics = train_cell(config, "tinytext_transformer", optimizer, 0, results=results)
+    assert tuned["best"].get("partition") == metrics["hyperparameters"].get("partition")
+    assert metrics["hyperparameters"].get("partition") == partition
+    assert ("problem's own (per_module)" in tuned["protocol"]) == (partition == "per_module")
+    assert ("optimizer's own (single)" in tuned["protocol"]) == (optimizer == "cauchy")
+    history = pd.read_csv(config.run_dir("tinytext_transformer", optimizer, 0, results)
+                          / "history.csv")  # fmt: skip
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    assert math.isfinite(metrics["final_test_perplexity"])
+    etas = [c for c in history.columns if c.startswith("diag/eta/")]
+    model = problem_model("tinytext_transformer")
+    if partition == "per_module":
+        owners = {name.rsplit(".", 1)[0] for name, _ in model.named_parameters()}
+        assert len(etas) == len(owners) < len(list(model.parameters()))
+    elif partition == "per_tensor":
+        assert len(etas) == len(list(model.parameters()))
+    elif partition == "single":
+        assert len(etas) == 1

@@ -198,31 +198,39 @@ def input_tensor(x: np.ndarray | Tensor, device: str | torch.device) -> Tensor:
     return tokens
 
 
-def takes_problem_partition(optimizer_name: str) -> bool:
-    """Whether a problem's partition applies to the optimizer: it takes a ``partition``
-    hyperparameter whose registry default is the library's (one subset per tensor). An entry
-    defined by another partition keeps it (``cauchy``: S = 1, ``single``, is what it is)."""
+def takes_problem_partition(optimizer_name: str) -> bool | None:
+    """Whether a problem's partition applies to the optimizer: True when it takes a
+    ``partition`` hyperparameter whose registry default is the library's (one subset per tensor);
+    False when its default is another partition, which defines the entry (``cauchy``: S = 1,
+    ``single``, is what it is); None when it takes no partition."""
     from optimizers.baselines import PARTITIONED_NEWTON_DEFAULTS
     from optimizers.registry import get_spec
 
     defaults = get_spec(optimizer_name).defaults
-    return "partition" in defaults and (
-        defaults["partition"] == PARTITIONED_NEWTON_DEFAULTS["partition"]
-    )
+    if "partition" not in defaults:
+        return None
+    return defaults["partition"] == PARTITIONED_NEWTON_DEFAULTS["partition"]
 
 
 def problem_hyperparameters(
     problem: Any, optimizer_name: str, hyperparameters: dict[str, Any]
 ) -> dict[str, Any]:
-    """``hyperparameters`` with the problem's partition (``problem.partition``) added when it has
-    one, the optimizer takes it (:func:`takes_problem_partition`) and ``hyperparameters`` name
-    none (a partition fixed in params ``optimizers.<name>.hyperparameters`` or swept by the tune
-    grid wins); otherwise ``hyperparameters`` unchanged (the same dict)."""
+    """``hyperparameters`` with a ``partition`` when the problem has one (``problem.partition``),
+    the optimizer takes a partition and ``hyperparameters`` name none (a partition fixed in params
+    ``optimizers.<name>.hyperparameters`` or swept by the tune grid wins): the problem's when it
+    applies (:func:`takes_problem_partition`), else the optimizer's own default, written out so
+    that the record says which partition ran. Otherwise ``hyperparameters`` unchanged (the same
+    dict: a problem without a partition records what it always did)."""
     partition = getattr(problem, "partition", None)
     if partition is None or "partition" in hyperparameters:
         return hyperparameters
-    if not takes_problem_partition(optimizer_name):
+    applies = takes_problem_partition(optimizer_name)
+    if applies is None:
         return hyperparameters
+    if not applies:
+        from optimizers.registry import get_spec
+
+        partition = get_spec(optimizer_name).defaults["partition"]
     return {**hyperparameters, "partition": partition}
 
 

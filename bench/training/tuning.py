@@ -30,7 +30,7 @@ from bench.io import write_json_atomic
 from bench.provenance import provenance
 from bench.training.cells import cell_params, check_cell, file_digest, run_settings
 from bench.training.loop import run_training
-from bench.training.runs import build_run, problem_hyperparameters
+from bench.training.runs import build_run, problem_hyperparameters, takes_problem_partition
 
 PROTOCOL = (
     "Learning rate tuned per (problem, optimizer) on the validation split with one seed "
@@ -45,8 +45,19 @@ PROTOCOL = (
     "optimizers.<name>.hyperparameters."
 )
 PARTITION_NOTE = (
-    " The partition is the problem's own ({partition}), as params fix none for this optimizer."
+    " The partition is the problem's own ({partition}): params fix none for this optimizer."
 )
+OWN_PARTITION_NOTE = (
+    " The partition is the optimizer's own ({partition}), written out: the problem's "
+    "({problem_partition}) does not apply to an entry defined by its partition."
+)
+
+
+def partition_note(problem: Any, optimizer: str, partition: str) -> str:
+    """The protocol's sentence on a partition the tune cell wrote out for ``problem``."""
+    if takes_problem_partition(optimizer):
+        return PARTITION_NOTE.format(partition=partition)
+    return OWN_PARTITION_NOTE.format(partition=partition, problem_partition=problem.partition)
 
 
 def search_grid(config: Config, optimizer: str) -> dict[str, list[Any]]:
@@ -155,8 +166,8 @@ def tune_cell(
         train_epochs=train_epochs,
         factor=config.train.divergence_factor,
     )
-    if points != grid_points(config, optimizer_name):  # the problem's partition was added
-        protocol += PARTITION_NOTE.format(partition=problem.partition)
+    if points != grid_points(config, optimizer_name):  # a partition was written out
+        protocol += partition_note(problem, optimizer_name, points[0]["partition"])
     cell = {"problem": problem_name, "optimizer": optimizer_name}
     params = cell_params(config, cell, device, tune=config.raw.get("tune"))
     params["data"] = file_digest(data_path)
