@@ -320,9 +320,11 @@ class CharTransformer(nn.Module):
     """Causal character-level language model: token ids ``[B, T]`` → logits ``[B, T, V]``.
 
     token embedding + position embedding → ``blocks`` × :class:`TransformerBlock` → LayerNorm
-    → linear head (not tied to the token embedding). ``T`` ≤ ``context``. The positions are
-    looked up as ``[B, T]`` (the batch's copy of 0..T−1), so that per-example curvature
-    estimates (ASDL's Embedding factors) see one position row per example.
+    → linear head (not tied to the token embedding). ``T`` ≤ ``context``. Both embeddings are
+    looked up one token per row (indices ``[B·T, 1]``, then reshaped to ``[B, T, D]``; the same
+    values as a ``[B, T]`` lookup): K-FAC (ASDL) then treats every token as a sample in the
+    embeddings as it does in the linear layers (their ``[B, T, D]`` inputs flattened), so an
+    embedding's input factor is the diagonal of the token (position) counts.
     """
 
     def __init__(self, vocab_size: int, context: int, d_model: int, heads: int, blocks: int):
@@ -343,8 +345,9 @@ class CharTransformer(nn.Module):
         batch, length = tokens.shape
         if length > self.context:
             raise ValueError(f"sequence length {length} exceeds the context {self.context}")
-        positions = torch.arange(length, device=tokens.device).expand(batch, length)
-        hidden = self.token(tokens) + self.position(positions)
+        positions = torch.arange(length, device=tokens.device).repeat(batch)  # [B·T]
+        rows = self.token(tokens.reshape(-1, 1)) + self.position(positions.reshape(-1, 1))
+        hidden = rows.reshape(batch, length, -1)  # [B·T, 1, D] → [B, T, D]
         return self.head(self.ln(self.blocks(hidden)))
 
 

@@ -220,3 +220,33 @@ def test_kfac_reports_the_mean_token_loss_on_a_language_model(first_rows, seed, 
         trainer = make("kfac", model, {}, criterion=criterion)
         reported = float(trainer.step(batch, batch))  # step 0 updates the curvature
     assert math.isclose(reported, expected, rel_tol=1e-5), (reported, expected)
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_kfac_covers_every_module_with_parameters(name, first_rows, single_thread):
+    """ASDL has a factor for every module that owns parameters (Conv2d, BatchNorm2d, Linear,
+    LayerNorm, Embedding); the embeddings' input factors are per token: diagonal, ∝ counts."""
+    from bench.training.runs import problem_criterion
+    from optimizers.registry import make
+
+    problem = get_problem(name)
+    model = problem.make_model(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = make("kfac", model, {}, criterion=problem_criterion(problem))
+        trainer.step(first_rows[name])
+    covered = {n.replace("/", ".") for n, _ in trainer.grad_maker.named_modules_for_curvature}
+    owners = {n for n, m in model.named_modules() if list(m.parameters(recurse=False))}
+    assert covered == owners
+    if name not in LANGUAGE_MODELS:
+        return
+    attr = trainer.grad_maker.fisher_maker.config.fisher_attr
+    tokens = first_rows[name][0]
+    for module, counts in (
+        (model.token, torch.bincount(tokens.flatten(), minlength=problem.num_classes)),
+        (model.position, torch.full((tokens.shape[1],), len(tokens))),
+    ):
+        factor = getattr(module, attr).kron.A
+        diagonal = torch.diagonal(factor)
+        torch.testing.assert_close(factor, torch.diag(diagonal), rtol=0, atol=0)
+        torch.testing.assert_close(diagonal / diagonal.max(), counts / counts.max())
