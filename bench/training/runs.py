@@ -35,14 +35,18 @@ class CrossEntropy(nn.CrossEntropyLoss):
     Logits [N, C] against labels [N]: ``F.cross_entropy`` itself (the same call, the same float
     operations). Logits [B, T, V] against next tokens [B, T]: the mean (or sum) over the B·T
     tokens, the logits flattened to [B·T, V] (the class dimension last, as a language model
-    emits it). ``reduction`` may be given per call (the evaluation sums); else the module's, which
-    ASDL sets for K-FAC. A ``nn.CrossEntropyLoss``, so K-FAC's Fisher is the categorical one.
+    emits it; ``reduction="none"`` gives the per-token losses [B, T]). ``reduction`` may be given
+    per call (the evaluation sums); else the module's, which ASDL sets for K-FAC. A
+    ``nn.CrossEntropyLoss``, so K-FAC's Fisher is the categorical one.
     """
 
     def forward(self, input: Tensor, target: Tensor, reduction: str | None = None) -> Tensor:
+        reduction = reduction or self.reduction
         if input.dim() > 2 and target.dim() == input.dim() - 1:  # [B, T, V] vs [B, T]
-            input, target = input.reshape(-1, input.shape[-1]), target.reshape(-1)
-        return F.cross_entropy(input, target, reduction=reduction or self.reduction)
+            flat = input.reshape(-1, input.shape[-1])  # [B·T, V]
+            losses = F.cross_entropy(flat, target.reshape(-1), reduction=reduction)
+            return losses.reshape(target.shape) if reduction == "none" else losses
+        return F.cross_entropy(input, target, reduction=reduction)
 
 
 LOSSES: dict[str, Callable[..., Tensor]] = {"cross_entropy": CrossEntropy()}
