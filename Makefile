@@ -9,7 +9,7 @@ PIP_INSTALL := $(PIP) install --quiet --constraint constraints.txt
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: compare readme step-cost venv test test-all bench lint format repro derivative-cost perf-check perf-baseline check-env clean
+.PHONY: pipeline status compare readme step-cost venv test test-all bench lint format repro derivative-cost perf-check perf-baseline check-env clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -43,11 +43,26 @@ format: venv
 	$(VENV)/bin/ruff format optimizers bench tests
 	$(VENV)/bin/ruff check --fix optimizers bench tests
 
-## The main job.
+## The main job: `make repro` (the default profile, params.yaml → dvc.yaml), or one profile:
+## `make repro PROFILE=ci` (profiles/ci.yaml → profiles/ci/dvc.yaml, its own dvc.lock).
+## The pipeline is rendered first (bench/pipeline.py), so an edited grid needs nothing else.
+PROFILE ?= default
+PARAMS := $(if $(filter default,$(PROFILE)),params.yaml,profiles/$(PROFILE).yaml)
+PIPELINE := $(if $(filter default,$(PROFILE)),dvc.yaml,profiles/$(PROFILE)/dvc.yaml)
 repro: venv
-	$(PY) -m bench.lockfile guard
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
-	$(PY) -m bench.lockfile save
+	@test -f $(PARAMS) || { echo "make repro: PROFILE=$(PROFILE): no params file $(PARAMS)" >&2; exit 2; }
+	$(PY) -m bench.pipeline --params $(PARAMS)
+	$(PY) -m bench.lockfile guard --pipeline $(PIPELINE)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro $(PIPELINE)
+	$(PY) -m bench.lockfile save --pipeline $(PIPELINE)
+
+## Which stages of a profile are stale (`dvc status` alone lists every profile's).
+status: venv
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc status $(PIPELINE)
+
+## Render every profile's dvc.yaml from bench/pipeline.template.yaml (make repro does it too).
+pipeline: venv
+	$(PY) -m bench.pipeline
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks
@@ -74,4 +89,4 @@ perf-baseline: venv
 ## Regression gate (exit 1 on a regression): make compare BASE=<git revision or summary.csv> [CURRENT=...] [ARGS=--md]
 compare: venv
 	@test -n "$(BASE)" || { echo "usage: make compare BASE=<revision or summary.csv> [CURRENT=...] [ARGS=--md|--json]" >&2; exit 2; }
-	$(PY) -m bench.compare $(BASE) $(CURRENT) $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)
+	$(PY) -m bench.compare $(BASE) $(CURRENT) --params $(PARAMS) $(ARGS)

@@ -663,7 +663,7 @@ def load_config(path: str | Path = "params.yaml") -> Config:
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(error)}") from None
     _check_yaml_versions_agree(text, params, str(path))
-    return parse_config(params, str(path), root=path.resolve().parent)
+    return parse_config(params, str(path), root=layout.project_root(path))
 
 
 def load_extensions(config: Config, source: str = "params.yaml") -> Config:

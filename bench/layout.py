@@ -73,3 +73,37 @@ def checkpoint_path(
     checkpoint_dir: str | Path, profile: str, problem: str, optimizer: str, seed: int
 ) -> Path:
     return Path(checkpoint_dir) / profile / problem / optimizer / f"{seed}.pt"
+
+
+# -- profiles: one params file and one generated pipeline (with its own dvc.lock) each ---------
+DEFAULT_PARAMS, DEFAULT_PIPELINE, PROFILES = "params.yaml", "dvc.yaml", "profiles"
+PROJECT_MARKERS = (".dvc", ".git")  # a folder holding one of these is a project's root
+
+
+def profile_params(profile: str | None) -> Path:
+    """The params file of a profile, relative to the project: ``params.yaml`` for the default
+    (``None`` or ``"default"``), ``profiles/<profile>.yaml`` for any other."""
+    if profile in (None, "default"):
+        return Path(DEFAULT_PARAMS)
+    return Path(PROFILES) / f"{profile}.yaml"
+
+
+def pipeline_path(params: str | Path, root: str | Path) -> Path:
+    """The generated dvc.yaml of a params file: ``dvc.yaml`` beside a project-level
+    ``params.yaml``; ``<folder>/<name>/dvc.yaml`` for ``<folder>/<name>.yaml`` (DVC keeps a
+    pipeline's dvc.lock beside its dvc.yaml, so each profile gets its own lock)."""
+    params = Path(params).resolve()
+    if params.parent == Path(root).resolve() and params.name == DEFAULT_PARAMS:
+        return params.parent / DEFAULT_PIPELINE
+    return params.parent / params.stem / DEFAULT_PIPELINE
+
+
+def project_root(params: str | Path) -> Path:
+    """The project a params file belongs to: the nearest folder, from the params file's own up,
+    that holds ``.dvc`` or ``.git`` (``profiles/ci.yaml`` belongs to the checkout above it);
+    the params file's folder when none does."""
+    folder = Path(params).resolve().parent
+    for candidate in (folder, *folder.parents):
+        if any((candidate / marker).exists() for marker in PROJECT_MARKERS):
+            return candidate
+    return folder

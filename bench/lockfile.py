@@ -9,6 +9,9 @@ it empty or cut mid-entry, and every later ``dvc repro`` fails on it until it is
     dvc repro
     python -m bench.lockfile save      # after it: this dvc.lock is the last good one
 
+(``make repro PROFILE=ci`` passes ``--pipeline profiles/ci/dvc.yaml``: that profile's lock,
+``profiles/ci/dvc.lock``, with its own last good copy.)
+
 ``guard`` checks that dvc.lock is a complete lock file (YAML that parses, schema 2.0, every stage
 entry with its command and every dependency and output with a path and a whole MD5). When it is
 not, it puts back, in this order, the last good copy saved by ``save``
@@ -33,8 +36,19 @@ import yaml
 from bench.cli import ArgumentParser, run
 from bench.io import write_bytes_atomic
 
-LOCK = Path("dvc.lock")
+LOCK = Path("dvc.lock")  # of the default pipeline; a profile's is profiles/<name>/dvc.lock
 GOOD = Path(".dvc/tmp/hobench/dvc.lock.good")
+
+
+def lock_paths(pipeline: str | Path = "dvc.yaml") -> tuple[Path, Path]:
+    """(the dvc.lock beside ``pipeline``, where its last good copy is kept), project-relative:
+    each profile's pipeline (bench/pipeline.py) has its own lock and its own good copy."""
+    folder = Path(pipeline).parent
+    if folder == Path("."):
+        return LOCK, GOOD
+    return folder / LOCK, GOOD.with_name(f"{'-'.join(folder.parts)}.dvc.lock.good")
+
+
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the lock is ~200 KB
 MD5 = re.compile(r"^[0-9a-f]{32}(\.dir)?$")
 
@@ -76,26 +90,29 @@ def _complete(item: Any) -> bool:
     return not md5.endswith(".dir") or isinstance(item.get("nfiles"), int)
 
 
-def _committed(root: Path) -> str | None:
+def _committed(root: Path, lock: Path = LOCK) -> str | None:
     completed = subprocess.run(
-        ["git", "show", f"HEAD:{LOCK}"], cwd=root, capture_output=True, text=True, check=False
-    )
+        ["git", "show", f"HEAD:{lock.as_posix()}"],
+        cwd=root, capture_output=True, text=True, check=False,
+    )  # fmt: skip
     return completed.stdout if completed.returncode == 0 else None
 
 
-def guard(root: Path = Path(".")) -> str:
-    """Make ``root/dvc.lock`` complete (see the module docstring); what was done, in words."""
-    lock = root / LOCK
+def guard(root: Path = Path("."), pipeline: str | Path = "dvc.yaml") -> str:
+    """Make the dvc.lock of ``root/pipeline`` complete (see the module docstring); what was
+    done, in words."""
+    relative_lock, relative_good = lock_paths(pipeline)
+    lock = root / relative_lock
     if not lock.exists():
         return "no dvc.lock yet"
     why = problem(lock.read_text(encoding="utf-8", errors="replace"))
     if why is None:
         return "dvc.lock is complete"
-    good = root / GOOD
+    good = root / relative_good
     if good.is_file() and problem(good.read_text(encoding="utf-8")) is None:
         write_bytes_atomic(lock, good.read_bytes())
-        return f"dvc.lock was broken ({why}): restored the last good copy ({GOOD})"
-    committed = _committed(root)
+        return f"dvc.lock was broken ({why}): restored the last good copy ({relative_good})"
+    committed = _committed(root, relative_lock)
     if committed is not None and problem(committed) is None:
         write_bytes_atomic(lock, committed.encode("utf-8"))
         return f"dvc.lock was broken ({why}): restored the committed one (git HEAD)"
@@ -103,25 +120,31 @@ def guard(root: Path = Path(".")) -> str:
     return f"dvc.lock was broken ({why}) and no good copy exists: removed (every stage reruns)"
 
 
-def save(root: Path = Path(".")) -> str:
-    """Keep a copy of a complete ``root/dvc.lock`` as the last good one."""
-    lock = root / LOCK
+def save(root: Path = Path("."), pipeline: str | Path = "dvc.yaml") -> str:
+    """Keep a copy of a complete dvc.lock of ``root/pipeline`` as the last good one."""
+    relative_lock, relative_good = lock_paths(pipeline)
+    lock = root / relative_lock
     if not lock.is_file() or problem(lock.read_text(encoding="utf-8")) is not None:
         return "dvc.lock is absent or incomplete: the last good copy is kept"
-    write_bytes_atomic(root / GOOD, lock.read_bytes())
-    return f"saved dvc.lock as the last good copy ({GOOD})"
+    write_bytes_atomic(root / relative_good, lock.read_bytes())
+    return f"saved {relative_lock} as the last good copy ({relative_good})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=("guard", "save", "check"))
     parser.add_argument("--root", type=Path, default=Path("."), help="the project folder")
+    parser.add_argument(
+        "--pipeline", type=Path, default=Path("dvc.yaml"), help="whose dvc.lock (project-relative)"
+    )
     args = parser.parse_args(argv)
     if args.action == "check":
-        why = problem((args.root / LOCK).read_text()) if (args.root / LOCK).exists() else None
+        lock = args.root / lock_paths(args.pipeline)[0]
+        why = problem(lock.read_text()) if lock.exists() else None
         print(f"lockfile: {why or 'complete'}")
         return 1 if why else 0
-    message = guard(args.root) if args.action == "guard" else save(args.root)
+    action = guard if args.action == "guard" else save
+    message = action(args.root, args.pipeline)
     print(f"lockfile: {message}", file=sys.stderr)
     return 0
 

@@ -10,13 +10,17 @@ naming the key. Its output, ``results/<profile>/params.valid``, has the same con
 valid params file, so a valid edit (one optimizer's section, a comment, the runtime section)
 reruns no other stage through it. ``dvc repro -s STAGE`` skips it; STAGE itself still
 validates the whole file before it writes anything.
+
+It also refuses a dvc.yaml that is not the rendering of its params file
+(:func:`bench.pipeline.check_current`): a grid edited in params.yaml (a problem, an optimizer, a
+seed, a registered module) needs ``python -m bench.pipeline`` first (``make repro`` runs it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bench import layout
+from bench import layout, pipeline
 from bench.cli import run, stage_config, stage_parser
 from bench.io import write_bytes_atomic
 
@@ -27,6 +31,7 @@ CONTENT = b"params.yaml is valid (bench/validate.py); this file is the same for 
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser(__doc__.splitlines()[0]).parse_args(argv)
     config = stage_config(args)
+    pipeline.check_current(args.params, config.root)
     marker = layout.results_dir(config.profile, args.results) / MARKER
     write_bytes_atomic(marker, CONTENT)
     print(f"validate: {args.params} is valid → {marker}")

@@ -26,8 +26,33 @@ def import_closure(module: str) -> set[Path]:
     return sources.import_closure(module, ROOT)
 
 
+PIPELINES = [ROOT / "dvc.yaml", *sorted((ROOT / "profiles").glob("*/dvc.yaml"))]
+
+
 def _stages() -> dict[str, dict]:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    """Every stage of every profile's pipeline, as ``<pipeline>:<stage>`` (bench/pipeline.py)."""
+    found = {}
+    for path in PIPELINES:
+        for name, stage in yaml.safe_load(path.read_text())["stages"].items():
+            assert (path.parent / stage.get("wdir", ".")).resolve() == ROOT, (path, name)
+            found[f"{path.relative_to(ROOT)}:{name}"] = stage
+    return found
+
+
+def _keys(stage: dict) -> list[str]:
+    """A stage's params keys, whether of params.yaml or of a profile's own file."""
+    keys = []
+    for entry in stage.get("params", []):
+        keys += [str(entry)] if not isinstance(entry, dict) else list(next(iter(entry.values())))
+    return keys
+
+
+def _params_of(name: str) -> dict:
+    pipeline = ROOT / name.partition(":")[0]
+    params = (
+        ROOT / "params.yaml" if pipeline.parent == ROOT else pipeline.parent.with_suffix(".yaml")
+    )
+    return yaml.safe_load(params.read_text())
 
 
 def _command_module(stage: dict) -> str:
@@ -62,9 +87,9 @@ def test_the_closure_finds_function_level_and_relative_imports():
 
 
 def test_no_stage_depends_on_runtime_settings_and_every_param_exists():
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for name, stage in _stages().items():
-        for key in stage.get("params", []):
+        params = _params_of(name)
+        for key in _keys(stage):
             assert not str(key).startswith("runtime"), f"stage {name} depends on {key}"
             if "${" in str(key):
                 continue

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from test_stages import tiny_params
 
+from bench import pipeline
 from bench.cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,8 +55,9 @@ BAD_PARAMS = [
 
 
 def stage_commands() -> dict[str, list[str]]:
-    """stage → its command line from dvc.yaml on the tiny grid's first cell."""
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    """stage → its command line from the pipeline's template (bench/pipeline.py renders every
+    dvc.yaml from it) on the tiny grid's first cell."""
+    stages = pipeline.template()["stages"]
     commands = {}
     for name, stage in stages.items():
         command = re.sub(r"\$\{item\.(\w+)\}", lambda m: CELL[m.group(1)], stage["cmd"])

@@ -31,7 +31,7 @@ def _run(arguments: list[str], cwd: Path, env: dict) -> str:
 def _repository(tmp_path: Path) -> tuple[Path, dict]:
     repo = tmp_path / "repo"
     repo.mkdir(parents=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "profiles", "examples")
     for package in ("bench", "optimizers"):
         shutil.copytree(ROOT / package, repo / package, ignore=ignore)
     for name in ("dvc.yaml", ".dvcignore"):
@@ -54,6 +54,7 @@ def _repository(tmp_path: Path) -> tuple[Path, dict]:
         "GIT_COMMITTER_EMAIL": "t@t",
     }  # fmt: skip
     dvc = str(Path(sys.executable).parent / "dvc")
+    _run([sys.executable, "-m", "bench.pipeline"], repo, env)  # dvc.yaml of these params
     _run(["git", "init", "-q"], repo, env)
     _run([dvc, "init", "-q"], repo, env)
     _run([dvc, "config", "core.analytics", "false"], repo, env)
