@@ -19,6 +19,7 @@ API (also meant for the benchmark helpers): :func:`fresh_seed`, :func:`reference
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,8 +38,13 @@ __all__ = [
     "CASES",
     "CASES_BY_NAME",
     "DT",
+    "SEQUENCE_CASES",
+    "SEQUENCE_CASES_BY_NAME",
     "Case",
+    "CausalSelfAttention",
     "Residual",
+    "TokenModel",
+    "TransformerBlock",
     "directional_derivative",
     "contraction_error",
     "finite_difference_check",
@@ -49,6 +55,7 @@ __all__ = [
     "reference_loss",
     "relative_error",
     "setup",
+    "token_cross_entropy",
 ]
 
 
@@ -75,6 +82,104 @@ class Residual(nn.Module):
         return x + self.inner(x)
 
 
+def split_heads(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """[B, T, 3d] → q, k, v of shape [B, heads, T, d/heads]."""
+    batch, length, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+    parts = qkv.reshape(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    return parts[0], parts[1], parts[2]
+
+
+def merge_heads(y: Tensor) -> Tensor:
+    """[B, heads, T, d/heads] → [B, T, d]."""
+    return y.transpose(1, 2).flatten(2)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention through ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = split_heads(self.qkv(x), self.heads)
+        return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + attn(ln1(x)), then x + mlp(ln2(x)) with a GELU MLP."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(width)
+        self.attn = CausalSelfAttention(width, heads)
+        self.ln2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class TokenModel(nn.Module):
+    """Token + position embeddings [B, T] → [B, T, d], then ``body``, a final LayerNorm (if
+    ``norm``) and a linear head to ``outputs``: per token (a language model, [B, T, outputs])
+    or, with ``pool``, on the flattened sequence ([B, outputs])."""
+
+    def __init__(self, vocab, context, width, body: nn.Module, outputs, norm=True, pool=False):
+        super().__init__()
+        self.token = nn.Embedding(vocab, width)
+        self.position = nn.Embedding(context, width)
+        self.body = body
+        self.norm = nn.LayerNorm(width) if norm else nn.Identity()
+        self.pool = pool
+        self.head = nn.Linear(width * context if pool else width, outputs)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.norm(self.body(self.token(tokens) + self.position(positions)))
+        return self.head(x.flatten(1) if self.pool else x)
+
+
+def _embedding(tokens: Tensor, weight: Tensor) -> Tensor:
+    return F.one_hot(tokens, weight.shape[0]).to(weight.dtype) @ weight
+
+
+def _causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q kᵀ/√d + M) v with M = −∞ above the diagonal, softmax as exp(s − logsumexp s)."""
+    scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+    length = q.shape[-2]
+    above = torch.ones(length, length, dtype=torch.bool).triu(1)
+    scores = scores + torch.zeros(length, length, dtype=q.dtype).masked_fill(above, -math.inf)
+    return torch.exp(scores - torch.logsumexp(scores, dim=-1, keepdim=True)) @ v
+
+
+def _forward_token_model(module: nn.Module, p: dict[str, Tensor], prefix: str, x: Tensor):
+    get = lambda name: p.get(prefix + name)
+    if isinstance(module, TokenModel):
+        positions = torch.arange(x.shape[1])
+        h = _embedding(x, get("token.weight")) + _embedding(positions, get("position.weight"))
+        h = _forward(
+            module.norm, p, prefix + "norm.", _forward(module.body, p, prefix + "body.", h)
+        )
+        return _forward(module.head, p, prefix + "head.", h.flatten(1) if module.pool else h)
+    if isinstance(module, TransformerBlock):
+        h = x + _forward(
+            module.attn, p, prefix + "attn.", _forward(module.ln1, p, prefix + "ln1.", x)
+        )
+        return h + _forward(
+            module.mlp, p, prefix + "mlp.", _forward(module.ln2, p, prefix + "ln2.", h)
+        )
+    if isinstance(module, CausalSelfAttention):
+        q, k, v = split_heads(_forward(module.qkv, p, prefix + "qkv.", x), module.heads)
+        return _forward(module.proj, p, prefix + "proj.", merge_heads(_causal_attention(q, k, v)))
+    return None
+
+
 def _normalise(x: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
     centred = x - x.mean(dims, keepdim=True)
     return centred * torch.rsqrt((centred * centred).mean(dims, keepdim=True) + eps)
@@ -96,6 +201,11 @@ def _forward(module: nn.Module, p: dict[str, Tensor], prefix: str, x: Tensor) ->
         return x
     if isinstance(module, Residual):
         return x + _forward(module.inner, p, prefix + "inner.", x)
+    token_model = _forward_token_model(module, p, prefix, x)
+    if token_model is not None:
+        return token_model
+    if isinstance(module, nn.Identity):
+        return x
     if isinstance(module, nn.Linear):
         out = x @ get("weight").T
         return out if get("bias") is None else out + get("bias")
@@ -138,7 +248,20 @@ def _mean_squared_error(outputs: Tensor, targets: Tensor) -> Tensor:
     return ((outputs - targets) ** 2).mean()
 
 
-_CRITERIA = {F.cross_entropy: _cross_entropy, F.mse_loss: _mean_squared_error}
+def token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean next-token cross-entropy of a language model: logits [B, T, V], targets [B, T]."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def _token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    return _cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+_CRITERIA = {
+    F.cross_entropy: _cross_entropy,
+    F.mse_loss: _mean_squared_error,
+    token_cross_entropy: _token_cross_entropy,
+}
 
 
 def reference_loss(model: nn.Module, criterion, inputs: tuple[Tensor, ...], targets) -> LossFn:
@@ -339,6 +462,72 @@ CASES = [
     ),
 ]
 CASES_BY_NAME = {case.name: case for case in CASES}
+
+
+def _sequences(make: Callable[[], nn.Module], batch, context, vocab, classes=None, features=None):
+    """Builder of a sequence case: token ids [batch, context] in 0..vocab−1 (or, with
+    ``features``, real inputs [batch, context, features]); targets: ``classes`` labels [batch],
+    or next tokens [batch, context] when ``classes`` is None. Weights N(0, 1)/√fan_in, vectors
+    (biases, norm scales) 1-D around 0.5 as in :func:`_randomise` (so no subset is flat)."""
+
+    def build(gen: torch.Generator):
+        model = make()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 1:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.3 + 0.5)
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
+        model = model.to(DT).train()
+        if features is None:
+            x = torch.randint(0, vocab, (batch, context), generator=gen)
+        else:
+            x = torch.randn(batch, context, features, dtype=DT, generator=gen)
+        if classes is None:
+            return model, (x,), torch.randint(0, vocab, (batch, context), generator=gen)
+        return model, (x,), torch.randint(0, classes, (batch,), generator=gen)
+
+    return build
+
+
+def _lm(width: int, context: int, heads: int, vocab: int = 11) -> Callable[[], nn.Module]:
+    blocks = lambda: nn.Sequential(*(TransformerBlock(width, heads) for _ in range(2)))
+    return lambda: TokenModel(vocab, context, width, blocks(), vocab)
+
+
+# Sequence models (embeddings, causal attention, a whole tiny transformer LM). Kept apart from
+# CASES: the LM has S = 30 tensors, too many for the order-4 and per-tensor sweeps over CASES.
+SEQUENCE_CASES = [
+    Case(
+        "embedding_tanh",
+        _sequences(lambda: TokenModel(11, 5, 6, nn.Tanh(), 3, norm=False, pool=True), 4, 5, 11, 3),
+        F.cross_entropy,
+        True,
+    ),
+    Case(
+        "causal_attention",
+        _sequences(
+            lambda: nn.Sequential(
+                nn.Linear(4, 8),
+                CausalSelfAttention(8, 2),
+                nn.Tanh(),
+                nn.Flatten(),
+                nn.Linear(8 * 5, 3),
+            ),  # fmt: skip
+            4,
+            5,
+            11,
+            classes=3,
+            features=4,
+        ),  # fmt: skip
+        F.cross_entropy,
+        True,
+    ),
+    Case("transformer_lm_d8", _sequences(_lm(8, 6, 2), 3, 6, 11), token_cross_entropy, True),
+    Case("transformer_lm_d12", _sequences(_lm(12, 5, 3), 2, 5, 11), token_cross_entropy, True),
+    Case("transformer_lm_d16", _sequences(_lm(16, 8, 4), 2, 8, 11), token_cross_entropy, True),
+]
+SEQUENCE_CASES_BY_NAME = {case.name: case for case in SEQUENCE_CASES}
 
 
 def partitions_for(model: nn.Module, gen: torch.Generator) -> dict[str, list[list[str]]]:
