@@ -12,8 +12,10 @@ For every (problem, optimizer) cell on both sides (a cell on one side only is li
 common is an error):
 
 * **Quality**, one value per seed: the final training loss (lower is better; tolerance relative
-  to the baseline mean), the final test accuracy (higher is better; absolute tolerance) and the
-  time to the training-loss target in epochs (lower is better; relative). Only seeds that did not
+  to the baseline mean), the problem's quality metric (:data:`bench.schema.QUALITY_METRICS`: a
+  classifier's final test accuracy, higher is better, absolute tolerance; a language model's
+  final test perplexity, lower is better, relative) and the time to the training-loss target in
+  epochs (lower is better; relative). Only seeds that did not
   diverge and have a finite value are used. When both sides ran the same seeds they are paired
   (the pipeline's seed fixes initialisation and batches on both sides): the change is the mean of
   the per-seed differences current − baseline, with its one-sided Student t bounds at
@@ -93,11 +95,25 @@ QUALITY = (
     Measure(FINAL_TEST_ACCURACY, "accuracy_tolerance", relative=False, higher_is_better=True),
     Measure(TIME_TO_TARGET_EPOCHS, "epochs_tolerance", relative=True),
 )
+# The problem's own quality metric (bench.schema.QUALITY_METRICS) takes the place of accuracy:
+# a language model's final test perplexity, lower is better, with a relative tolerance.
+METRIC_MEASURES = {
+    schema.ACCURACY.name: QUALITY[1],
+    schema.PERPLEXITY.name: Measure(
+        schema.PERPLEXITY.final_key, "perplexity_tolerance", relative=True, higher_is_better=False
+    ),
+}
 SPEED = (
     Measure(VS_SGD, "speed_tolerance", relative=True),
     Measure(PEAK_MEMORY, "memory_tolerance", relative=True),
 )
-REQUIRED_METRICS = (*(measure.name for measure in QUALITY), DIVERGED, TRAIN_LOSS_TARGET)
+REQUIRED_METRICS = (FINAL_TRAIN_LOSS, TIME_TO_TARGET_EPOCHS, DIVERGED, TRAIN_LOSS_TARGET)
+
+
+def cell_measures(runs: CellRuns) -> tuple[Measure, ...]:
+    """The quality measures of a cell: loss, its problem's metric, time to target."""
+    metric = schema.metric_of(runs.values).name
+    return (QUALITY[0], METRIC_MEASURES[metric], QUALITY[2])
 
 
 # ----------------------------------------------------------------------------- reading
@@ -193,7 +209,11 @@ def read_summary(text: str, where: str) -> dict[Cell, CellRuns]:
         values[seed] = _number(row[VALUE], where, line, VALUE)
     for (problem, optimizer), metrics in table.items():
         seeds = set().union(*metrics.values())
-        for metric in REQUIRED_METRICS:
+        try:
+            quality = schema.metric_of(metrics).final_key
+        except ValueError as error:
+            raise UsageError(f"{where}: {problem}/{optimizer}: {error}") from None
+        for metric in (*REQUIRED_METRICS, quality):
             lacking = sorted(seeds - set(metrics.get(metric, {})))
             if lacking:
                 raise UsageError(
@@ -453,7 +473,10 @@ def quality_rows(cell: Cell, base: CellRuns, cur: CellRuns, settings) -> list[Ro
     """Every quality row of a cell on both sides; time to target only against one target."""
     moved = target_moved(base, cur, settings.target_tolerance)
     rows = []
-    for measure in QUALITY:
+    measures = cell_measures(base)
+    if measures != cell_measures(cur):
+        raise UsageError(f"{'/'.join(cell)}: the two sides measure other quality metrics")
+    for measure in measures:
         if measure.name == TIME_TO_TARGET_EPOCHS and moved:
             rows.append(Row(*cell, measure.name, "none", reason=moved))
         else:

@@ -380,6 +380,7 @@ class CompareConfig(_Section):
 
     loss_tolerance: float = 0.05  # final training loss, relative to the baseline mean
     accuracy_tolerance: float = 0.01  # final test accuracy, absolute (a fraction)
+    perplexity_tolerance: float = 0.05  # final test perplexity (a language model's), relative
     epochs_tolerance: float = 0.25  # time to target in epochs, relative
     speed_tolerance: float = 0.3  # step cost × SGD, relative
     memory_tolerance: float = 0.2  # peak memory, relative
@@ -388,7 +389,7 @@ class CompareConfig(_Section):
 
     def check(self) -> None:
         for key in ("loss_tolerance", "epochs_tolerance", "speed_tolerance", "memory_tolerance",
-                    "target_tolerance"):  # fmt: skip
+                    "target_tolerance", "perplexity_tolerance"):  # fmt: skip
             _positive(key, getattr(self, key), strict=False)
         _fraction("accuracy_tolerance", self.accuracy_tolerance, low_open=False, high_open=False)
         if not 0.5 < self.confidence < 1:

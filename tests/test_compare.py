@@ -147,6 +147,34 @@ def test_accuracy_is_gated_by_an_absolute_tolerance(tmp_path):
     assert beyond[0] == 1 and rows_of(beyond[1])["final_test_accuracy"]["verdict"] == "regressed"
 
 
+def _language_model(text: str, perplexity: Sequence[float]) -> str:
+    """A summary text whose cell MINE is a language model's: final test perplexity in place of
+    accuracy (the problem's quality metric, bench.schema.QUALITY_METRICS)."""
+    lines = [line for line in text.splitlines()
+             if not (line.startswith(",".join(MINE) + ",") and "_accuracy," in line)]  # fmt: skip
+    lines += [f"{MINE[0]},{MINE[1]},{seed},final_test_perplexity,{value!r}"
+              for seed, value in zip(SEEDS, perplexity, strict=True)]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def test_a_language_models_perplexity_is_gated_lower_is_better(tmp_path):
+    base = [4.0, 4.1, 3.9]
+    for name, current, verdict in (
+        ("worse", [4.6, 4.7, 4.5], "regressed"), ("better", [3.5, 3.6, 3.4], "improved"),
+        ("noise", [4.05, 4.0, 4.0], "unchanged"),
+    ):  # fmt: skip
+        baseline = write_side(tmp_path / name / "a", _language_model(summary_text(), base))
+        later = write_side(tmp_path / name / "b", _language_model(summary_text(), current))
+        status, out, _ = run_compare(baseline, later, "--json")
+        rows = rows_of(json.loads(out))
+        assert "final_test_accuracy" not in rows
+        assert rows["final_test_perplexity"]["verdict"] == verdict, name
+        assert status == (1 if verdict == "regressed" else 0), name
+    mixed = write_side(tmp_path / "mixed", summary_text())  # accuracy on one side only
+    status, _, err = run_compare(baseline, mixed)
+    assert status == 2 and "other quality metrics" in err
+
+
 def test_more_diverged_seeds_is_a_regression(tmp_path):
     # seed 2 diverges: its values leave the seed tests (two pairs left), its count grows
     status, record = compared(tmp_path, {MINE: {"diverged": [0.0, 0.0, 1.0]}})
@@ -238,9 +266,9 @@ def test_plain_markdown_and_json_outputs(tmp_path):
     record = json.loads(text)
     assert record["profile"] == "default" and record["regressed"] is True
     assert record["settings"] == {
-        "loss_tolerance": 0.05, "accuracy_tolerance": 0.01, "epochs_tolerance": 0.25,
-        "speed_tolerance": 0.3, "memory_tolerance": 0.2, "target_tolerance": 0.001,
-        "confidence": 0.95,
+        "loss_tolerance": 0.05, "accuracy_tolerance": 0.01, "perplexity_tolerance": 0.05,
+        "epochs_tolerance": 0.25, "speed_tolerance": 0.3, "memory_tolerance": 0.2,
+        "target_tolerance": 0.001, "confidence": 0.95,
     }  # fmt: skip
     assert len(record["rows"]) == 3 * 7  # 3 quality, 2 counts, 2 speed figures per cell
 

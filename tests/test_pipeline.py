@@ -146,3 +146,15 @@ def test_init_writes_a_user_repository_that_runs_from_the_installed_package(tmp_
     assert again.returncode == 2 and "exists" in again.stderr and "Traceback" not in again.stderr
     check = [sys.executable, "-m", "bench.pipeline", "--check"]
     assert subprocess.run(check, cwd=tmp_path, capture_output=True).returncode == 0
+
+
+def test_the_example_workflow_runs_the_tested_commands():
+    """docs/ci-example.yml runs what tests/test_ci_profile_e2e.py runs, with the full history."""
+    workflow = yaml.safe_load((ROOT / "docs" / "ci-example.yml").read_text())
+    steps = workflow["jobs"]["gate"]["steps"]
+    assert steps[0]["with"]["fetch-depth"] == 0
+    commands = "\n".join(step.get("run", "") for step in steps)
+    assert "make repro PROFILE=ci" in commands
+    assert "make compare BASE=$BASE PROFILE=ci" in commands and "pipefail" in commands
+    e2e = (ROOT / "tests" / "test_ci_profile_e2e.py").read_text()
+    assert '_make("repro", "PROFILE=ci")' in e2e and '_make("compare", "BASE=HEAD"' in e2e
