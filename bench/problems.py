@@ -198,12 +198,12 @@ for _problem in (
             description="MLP 64-64-32-10 tanh on sklearn's 8x8 digits"),
     Problem("mnist1d_mlp", "mnist1d", _mnist1d_mlp, 30,
             description="MLP 40-128-64-10 ELU on MNIST-1D"),
-    Problem("mnist5k_bnresnet", "mnist5k", _mnist5k_bnresnet, 5, batch_size=32,
+    Problem("mnist5k_bnresnet", "mnist5k", _mnist5k_bnresnet, 4, batch_size=32,
             description="residual CNN with BatchNorm (conv biases on), ReLU, 19 850 parameters, "
                         "on the 5 000 embedded MNIST images"),
-    Problem("pytopics_chartransformer", "pytopics", _char_transformer("pytopics"), 5,
+    Problem("pytopics_chartransformer", "pytopics", _char_transformer("pytopics"), 4,
             batch_size=32, curvature_batch_size=32, metric="perplexity", partition="per_module",
-            description="causal char transformer (2 pre-LN blocks, d 64, context 64) on 2 048 "
+            description="causal char transformer (2 pre-LN blocks, d 64, context 64) on 1 024 "
                         "windows of pydoc_data.topics"),
     Problem("tiny_shakespeare_chartransformer", "tiny_shakespeare",
             _char_transformer("tiny_shakespeare"), 10, batch_size=64, curvature_batch_size=64,

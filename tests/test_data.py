@@ -394,12 +394,12 @@ def test_pytopics_shapes_vocabulary_and_provenance(pytopics):
         pytopics.text["sha256"] == data.PYTOPICS_SHA256 and pytopics.text["characters"] == 464_970
     )
     assert pytopics.text["python"] == platform.python_version()
-    parts = {"train": 2048, "valid": 726, "test": 726}  # train: the spec's max_train of 5 812
+    parts = {"train": 1024, "valid": 363, "test": 363}  # train: the spec's max_train of 6 538
     for part, count in parts.items():
         x, y = getattr(pytopics, f"x_{part}"), getattr(pytopics, f"y_{part}")
         assert x.shape == y.shape == (count, 64) and x.dtype == y.dtype == np.int64
         np.testing.assert_array_equal(x[:, 1:], y[:, :-1])  # y is x shifted by one
-    assert pytopics.fractions == (0.8, 0.1, 0.1)
+    assert pytopics.fractions == (0.9, 0.05, 0.05)
 
 
 def windows_of(splits: Splits, part: str) -> Counter:
@@ -411,13 +411,13 @@ def windows_of(splits: Splits, part: str) -> Counter:
 def test_pytopics_windows_come_from_their_contiguous_part(pytopics):
     """Every window is text[s : s + 65] with s a multiple of 64 inside its part's bounds."""
     text = data._pytopics()
-    bounds = np.rint(np.cumsum((0, 0.8, 0.1, 0.1)) * len(text)).astype(int)
+    bounds = np.rint(np.cumsum((0, 0.9, 0.05, 0.05)) * len(text)).astype(int)
     for index, part in enumerate(("train", "valid", "test")):
         start, stop = bounds[index], bounds[index + 1]
         expected = Counter(text[s : s + 65] for s in range(start, stop - 64, 64))
         found = windows_of(pytopics, part)
         if part == "train":
-            assert found.total() == 2048 and not found - expected  # a subset of them
+            assert found.total() == 1024 and not found - expected  # a subset of them
         else:
             assert found == expected  # all of them, each once
 
@@ -554,3 +554,10 @@ def test_batches_keep_token_ids_integral(pytopics, seed):
     x, y = pytopics.x_valid[:10], pytopics.y_valid[:10]
     inputs, targets = next(batches(x, y, 4, seed=seed))
     assert inputs.dtype == targets.dtype == torch.long and inputs.shape == targets.shape == (4, 64)
+
+
+def test_offline_hub_text_fails_fast_naming_the_data_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # no cached copy
+    with pytest.raises(DatasetUnavailableError, match="'tiny_shakespeare'.*karpathy") as error:
+        load_arrays("tiny_shakespeare", offline=True)
+    assert "validation*.parquet" in str(error.value) and "root=" in str(error.value)

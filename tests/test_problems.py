@@ -92,8 +92,9 @@ def test_embedded_problems_load_offline_and_run_on_their_data(name, single_threa
     assert torch.isfinite(logits).all()
 
 
-def test_make_model_depends_on_the_seed_alone_and_leaves_the_global_rng(seed):
-    problem = get_problem("digits_mlp")
+@pytest.mark.parametrize("name", ["digits_mlp", *NEW])
+def test_make_model_depends_on_the_seed_alone_and_leaves_the_global_rng(name, seed):
+    problem = get_problem(name)
     first = problem.make_model(seed)
     torch.manual_seed(seed + 17)  # the caller's RNG state must not matter
     second = problem.make_model(seed)
