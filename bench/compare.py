@@ -301,7 +301,15 @@ def path_side(path: Path, profile: str) -> Side:
         raise UsageError(f"cannot read {path} ({error.strerror})") from None
     folder = path.resolve().parent
     notes = []
-    if folder.parent.name != layout.RESULTS:
+    recorded = _recorded_profile(folder / layout.summary_paths(profile, ".")[1].name)
+    if recorded is not None and recorded != profile:
+        raise UsageError(
+            f"{path} is a summary of profile {recorded!r} (its summary.json's "
+            f"{schema.SUMMARY_PROFILE}), not of {profile!r}: compare summaries of one profile"
+        )
+    if recorded is not None:
+        pass  # told by the record
+    elif folder.parent.name != layout.RESULTS:
         notes.append(f"the profile of {path} is unknown (not in a results/<profile>/ folder)")
     elif folder.name != profile:
         raise UsageError(
@@ -315,6 +323,17 @@ def path_side(path: Path, profile: str) -> Side:
         return str(file), file.read_bytes() if file.is_file() else None
 
     return _side(str(path), data, timing, notes)
+
+
+def _recorded_profile(summary_json: Path) -> str | None:
+    """The profile the aggregate recorded in the summary.json beside a summary (None when
+    there is none, or it predates the record)."""
+    try:
+        record = json.loads(summary_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = record.get(schema.SUMMARY_PROFILE) if isinstance(record, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _profiles_at(root: Path, revision: str) -> list[str]:

@@ -464,3 +464,22 @@ def test_the_two_machines_pair_is_no_regression():
                          "partitioned_newton_order2", "cauchy")}  # fmt: skip
     assert record["cells"] == {"compared": 21, "regressed": 0, "improved": 4, "unchanged": 17}
     assert any("cpu_capability None -> 'AVX512'" in note for note in record["notes"])
+
+
+def test_a_summary_recording_another_profile_is_refused(tmp_path):
+    """The aggregate records the profile in summary.json (bench.schema.SUMMARY_PROFILE): a
+    summary outside results/<profile>/ is told by it."""
+    baseline, later = pair(tmp_path)
+    moved = tmp_path / "elsewhere" / "summary.csv"
+    moved.parent.mkdir()
+    moved.write_text(later.read_text())
+    status, out, _ = run_compare(baseline, moved, "--json")
+    assert status == 0 and any("unknown" in note for note in json.loads(out)["notes"])
+    (moved.parent / "summary.json").write_text(json.dumps({compare.schema.SUMMARY_PROFILE: "ci"}))
+    status, _, err = run_compare(baseline, moved)
+    assert status == 2 and "profile 'ci'" in err and "summary.json" in err
+    (moved.parent / "summary.json").write_text(
+        json.dumps({compare.schema.SUMMARY_PROFILE: "default"})
+    )
+    status, out, _ = run_compare(baseline, moved, "--json")
+    assert status == 0 and not any("unknown" in note for note in json.loads(out)["notes"])
