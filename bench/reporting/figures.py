@@ -163,9 +163,10 @@ def training_loss(runs: Sequence[Run], path: Path, palette: dict) -> Path | None
 
 def _epoch_figure(
     cells: dict[str, list[Run]], column: str, palette: dict, *, log: bool, ylabel: str, title: str,
-    path: Path,
+    path: Path, plain_ticks: bool = False,
 ) -> Path:  # fmt: skip
-    """One panel: ``column`` vs epoch, one line (and band) per optimizer of ``cells``."""
+    """One panel: ``column`` vs epoch, one line (and band) per optimizer of ``cells``;
+    ``plain_ticks``: y tick labels as plain numbers (no 10^k on a log scale)."""
     with sns.axes_style("whitegrid"):
         figure = Figure(figsize=(7, 4.2))
         axes = figure.subplots()
@@ -173,6 +174,9 @@ def _epoch_figure(
         _draw_runs(axes, cell, column, EPOCH, palette[optimizer], optimizer, log=log)
     if log:
         axes.set_yscale("log")
+    if plain_ticks:
+        axes.yaxis.set_major_formatter(FuncFormatter(plain_number))
+        axes.yaxis.set_minor_formatter(FuncFormatter(plain_number))
     axes.set_xlabel("epoch")
     axes.set_ylabel(ylabel)
     axes.legend(fontsize=8)
@@ -197,10 +201,10 @@ def test_perplexity(runs: Sequence[Run], path: Path, palette: dict) -> Path | No
     if not runs or runs[0].quality != schema.PERPLEXITY:
         return None
     column = runs[0].quality_column
-    title = f"{runs[0].problem}: test perplexity per token (mean, min–max over seeds)"
+    title = f"{runs[0].problem}: test perplexity (mean, min–max over seeds)"
     return _epoch_figure(
-        _by_optimizer(runs), column, palette, log=True, ylabel="test perplexity", title=title,
-        path=path,
+        _by_optimizer(runs), column, palette, log=True, ylabel="test perplexity per token",
+        title=title, path=path, plain_ticks=True,
     )  # fmt: skip
 
 

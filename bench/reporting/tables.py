@@ -235,7 +235,7 @@ def final_metrics_frame(cell: pd.DataFrame, optimizers: Sequence[str]) -> pd.Dat
     the problem's quality metric (accuracy in %, or perplexity; its final and best values)."""
     quality = cell_quality(cell)
     label, percent = quality_label(quality), quality.percent
-    unit = " (%)" if percent else ""
+    unit = " (%)" if percent else f" ({quality.name})"  # the loss's interval column has none
     rows = []
     for optimizer in optimizers:
         loss, value = (
