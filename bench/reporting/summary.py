@@ -13,7 +13,11 @@ and writes, atomically:
   metrics show`` lists (strict JSON: NaN and ±inf become ``null``); the comparisons are
   :func:`bench.reporting.comparisons.paired_comparisons`. With the timing stage's
   ``timing/steps.csv`` (:func:`timing_figures`), each cell also carries its step cost × SGD and
-  its peak memory.
+  its peak memory. The profile is recorded there (``"@profile"``, first; summary.json's own keys
+  start with ``@``, which no problem name may), not in summary.csv: its ``value`` column is
+  numeric and a constant column would change every row of every committed summary, while
+  summary.json sits beside it in the same folder, written by the same stage (a reader of a
+  summary.csv, at a path or a git revision, reads the profile from the summary.json beside it).
 
 **The quality metric** is each problem's own (:data:`bench.schema.QUALITY_METRICS`), told by
 its runs' records: an accuracy problem's rows are ``final_test_accuracy`` and
