@@ -122,6 +122,11 @@ def projected_derivatives(
         >>> g.tolist(), H.tolist(), D3.abs().sum().item()
         ([1.0, -4.0], [[2.0, 2.0], [2.0, 12.0]], 0.0)
     """
+    if not callable(loss_fn):
+        raise TypeError(
+            f"loss_fn must be a function params -> scalar loss, got {type(loss_fn).__name__} "
+            "(a loss value cannot be differentiated again: pass the function that computes it)"
+        )
     groups = _check_inputs(params, groups, direction, order)
     reference = params[groups[0][0]]
     # One scalar leaf per subset (not one [S] tensor): a pass then reaches only the leaves it
@@ -146,8 +151,43 @@ def projected_derivatives(
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
             raise ValueError(f"loss_fn must return a scalar tensor, got {shape}")
+        _check_loss(loss, etas, reference.dtype)
         results = _derivative_tensors(loss.reshape(()), etas, order, diagonal)
     return tuple(t.detach() for t in results)
+
+
+def _check_loss(loss: Tensor, etas: list[Tensor], dtype: torch.dtype) -> None:
+    """ValueError when the loss is computed in a less precise dtype than the parameters, or does
+    not depend on the tensors ``loss_fn`` was given (every derivative would be a silent 0)."""
+    if loss.dtype.is_floating_point and torch.finfo(loss.dtype).eps > torch.finfo(dtype).eps:
+        raise ValueError(
+            f"loss_fn returned a {loss.dtype} loss for {dtype} params: part of the loss (the "
+            f"model, its buffers or the inputs) runs in {loss.dtype}; cast them to {dtype}"
+        )
+    if not _reaches(loss, etas):
+        raise ValueError(
+            "loss_fn does not depend on its params argument: none of the tensors it was given "
+            "reaches the loss (it reads other tensors, e.g. the model's own parameters through "
+            "model(x)); evaluate the model at the given tensors, e.g. with functional_loss(model, "
+            "criterion, x, y) or torch.func.functional_call(model, params, (x,))"
+        )
+
+
+def _reaches(loss: Tensor, leaves: list[Tensor]) -> bool:
+    """Whether the graph of ``loss`` reaches any of ``leaves`` (a walk over its nodes)."""
+    if loss.grad_fn is None:
+        return False
+    wanted = {id(leaf) for leaf in leaves}
+    stack, seen = [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if id(getattr(node, "variable", None)) in wanted:
+            return True
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return False
 
 
 Rows = dict[tuple[int, ...], dict[int, Tensor]]
@@ -315,10 +355,32 @@ def functional_loss(
 
     def loss_fn(params: dict[str, Tensor]) -> Tensor:
         buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+        _check_dtypes(model, params, buffers, inputs)
         outputs = torch.func.functional_call(model, (dict(params), buffers), inputs)
         return criterion(outputs, targets)
 
     return loss_fn
+
+
+def _check_dtypes(model: nn.Module, params, buffers, inputs) -> None:
+    """functional_loss: every floating parameter, buffer and input in the dtype of the given
+    parameters (a float32 buffer or input under float64 parameters silently loses digits, or
+    fails deep inside the model)."""
+    floating = {n: t for n, t in params.items() if t.is_floating_point()}
+    if not floating:
+        return
+    first, dtype = next((n, t.dtype) for n, t in floating.items())
+    others = [(f"model parameter {n!r}", p) for n, p in model.named_parameters() if n not in params]
+    others += [(f"model buffer {n!r}", b) for n, b in buffers.items()]
+    others += [(f"inputs[{k}]", x) for k, x in enumerate(inputs) if isinstance(x, Tensor)]
+    others += [(f"params[{n!r}]", t) for n, t in floating.items()]
+    for label, tensor in others:
+        if tensor.is_floating_point() and tensor.dtype != dtype:
+            raise ValueError(
+                f"functional_loss: {label} is {tensor.dtype} but params[{first!r}] is {dtype}: "
+                f"the model, its buffers, the inputs and the parameters must share one dtype "
+                f"(e.g. model.to({dtype}) and inputs.to({dtype}))"
+            )
 
 
 def _check_inputs(

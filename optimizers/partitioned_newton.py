@@ -304,6 +304,11 @@ class PartitionedNewton(torch.optim.Optimizer):
             raise ValueError(
                 "PartitionedNewton.step needs a closure (zero_grad, forward, backward)"
             )
+        if curvature_loss is not None and not callable(curvature_loss):
+            raise TypeError(
+                "curvature_loss must be a function params -> loss on the curvature batch (e.g. "
+                f"functional_loss(model, criterion, x, y)), got {type(curvature_loss).__name__}"
+            )
         glob = self.state[GLOBAL]
         recompute = self.needs_curvature
         if recompute and curvature_loss is None:
@@ -551,6 +556,8 @@ def _check_groups(params: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             "PartitionedNewton takes param groups {'params': [...], 'names': [...]}, one per "
             "subset; use PartitionedNewton.from_model(model, partition=...)"
         )
+    groups = [dict(group) for group in groups]  # the caller's dicts are left as given
+    tensors: list[tuple[str, Any]] = []
     for s, group in enumerate(groups):
         if "names" not in group or "params" not in group:
             raise ValueError(f"param group {s} needs 'params' and 'names', got keys {list(group)}")
@@ -560,7 +567,17 @@ def _check_groups(params: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             raise ValueError(
                 f"param group {s}: {len(group['names'])} names for {len(params)} tensors"
             )
+        group["params"] = params  # a generator would be empty when torch reads it
+        tensors.extend(zip(group["names"], params, strict=True))
     validate_groups([group["names"] for group in groups])
+    first, reference = tensors[0]
+    for name, p in tensors:
+        if not isinstance(p, Tensor) or not p.is_floating_point() or p.dtype != reference.dtype:
+            kind = p.dtype if isinstance(p, Tensor) else type(p).__name__
+            raise ValueError(
+                f"parameter {name!r} is {kind} but {first!r} is {reference.dtype}: every "
+                "parameter must have one floating dtype (cast the model, e.g. model.to(dtype))"
+            )
     return groups
 
 

@@ -87,6 +87,7 @@ class LearningRateProbe:
         self.records: list[dict[str, Any]] = []
         self.steps = 0
         self._snapshot: dict[str, Tensor] | None = None
+        self._armed = False  # before_step() was called for the coming step
 
     @property
     def due(self) -> bool:
@@ -96,6 +97,7 @@ class LearningRateProbe:
     def before_step(self) -> bool:
         """Call just before ``optimizer.step()``: snapshots θ_t when the step is probed."""
         self._snapshot = None
+        self._armed = True
         if self.due:
             parameters = dict(self.model.named_parameters())
             self._snapshot = {
@@ -104,7 +106,24 @@ class LearningRateProbe:
         return self._snapshot is not None
 
     def after_step(self, probe_loss: ProbeLoss | None = None) -> list[dict[str, Any]]:
-        """Call just after ``optimizer.step()``; returns the records of this step (or [])."""
+        """Call just after ``optimizer.step()``; returns the records of this step (or []).
+
+        Raises:
+            RuntimeError: ``before_step()`` was not called since the last ``after_step()``
+                (the step would silently go unprobed: θ_t was never saved).
+            TypeError: ``probe_loss`` is not a function of the parameters.
+        """
+        if not self._armed:
+            raise RuntimeError(
+                f"after_step() at step {self.steps} without before_step(): call "
+                "probe.before_step() just before optimizer.step(), then probe.after_step()"
+            )
+        if probe_loss is not None and not callable(probe_loss):
+            raise TypeError(
+                "probe_loss must be a function params -> loss (e.g. functional_loss(model, "
+                f"criterion, x, y)), got {type(probe_loss).__name__}"
+            )
+        self._armed = False
         self.steps += 1
         if self._snapshot is None:
             return []
