@@ -399,6 +399,32 @@ class CompareConfig(_Section):
 
 
 @dataclass(frozen=True)
+class ProblemSettings(_Section):
+    """``problem_settings.<problem>``: that problem's own budget and partition, over the train
+    section's (for every cell of the problem: tune and train). Every key may be omitted; an
+    omitted one falls back to ``train.<key>``, then to the problem's own (bench.problems). A
+    ``partition`` is used by the optimizers that take one, unless ``optimizers.<name>.
+    hyperparameters`` fixes theirs."""
+
+    epochs: int | None = None
+    batch_size: int | None = None
+    curvature_batch_size: int | None = None
+    partition: str | None = None
+
+    def check(self) -> None:
+        _bounded("epochs", self.epochs, EPOCHS_MAX)
+        _bounded("batch_size", self.batch_size, BATCH_MAX)
+        _bounded("curvature_batch_size", self.curvature_batch_size, BATCH_MAX)
+        name = self.partition
+        if (
+            name is not None
+            and name not in PARTITION_NAMES
+            and not (name.startswith("blocks") and name[len("blocks") :].isdigit())
+        ):
+            raise FieldError("partition", f"unknown partition {name!r} ({PARTITION_NAMES})")
+
+
+@dataclass(frozen=True)
 class ReportConfig(_Section):
     """``report``: no parameters yet (the section exists so the stage has one)."""
 
@@ -422,6 +448,8 @@ class Config(_Section):
     report: ReportConfig
     compare: CompareConfig = field(default_factory=CompareConfig)  # may be omitted
     plugins: tuple[str, ...] = ()  # may be omitted: modules imported by load_extensions
+    # may be omitted: per-problem budget and partition (ProblemSettings)
+    problem_settings: Mapping[str, ProblemSettings] = field(default_factory=_frozen)
     raw: Mapping[str, Any] = field(default_factory=_frozen, repr=False, compare=False)
     # The project folder: the params file's. Relative paths of a run (results, checkpoints) are
     # taken from it, whatever the current directory (not a params key).
@@ -441,6 +469,15 @@ class Config(_Section):
             _seed(f"seeds[{index}]", seed)
         if not self.optimizers:
             raise FieldError("optimizers", "expected at least one optimizer section")
+        for name in self.problem_settings:
+            if name not in self.problems:
+                raise FieldError(
+                    f"problem_settings.{name}", f"not in problems {list(self.problems)}"
+                )
+
+    def settings_of(self, problem: str) -> ProblemSettings:
+        """``problem_settings.<problem>`` (every key None when the problem has none)."""
+        return self.problem_settings.get(problem, ProblemSettings())
 
     # The results layout (bench/layout.py), relative to ``root``.
     def results_dir(self, root: str | Path = layout.RESULTS) -> Path:
@@ -467,8 +504,8 @@ class Config(_Section):
 
 
 # Sections whose keys may be left out (their dataclasses have defaults), and top-level keys.
-OMISSIBLE = (OptimizerConfig, AggregateConfig, RegisterConfig, CompareConfig)
-OPTIONAL_TOP_LEVEL = ("plugins", "compare")
+OMISSIBLE = (OptimizerConfig, AggregateConfig, RegisterConfig, CompareConfig, ProblemSettings)
+OPTIONAL_TOP_LEVEL = ("plugins", "compare", "problem_settings")
 # Keys that moved: an old params file gets told where they went.
 MOVED = {"train.progress": "runtime.progress", "train.checkpoint_dir": "runtime.checkpoint_dir"}
 

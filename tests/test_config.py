@@ -22,7 +22,7 @@ from bench.config import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("path", ["params.yaml", "profiles/paper.yaml"])
+@pytest.mark.parametrize("path", ["params.yaml", "profiles/paper.yaml", "profiles/ci.yaml"])
 def test_shipped_params_files_are_valid(path):
     config = load_pipeline_config(ROOT / path)
     assert isinstance(config, Config) and config.problems and config.optimizers
@@ -86,6 +86,14 @@ def _error(tmp_path, mutate) -> str:
          "unknown optimizer"),
         (lambda p: p["invariance"].update(steps=0), "invariance.steps", "positive"),
         (lambda p: p["invariance"].update(dtype="float16"), "invariance.dtype", "expected one of"),
+        (lambda p: p.update(problem_settings={"nope_mlp": {}}), "problem_settings.nope_mlp",
+         "not in problems"),
+        (lambda p: p.update(problem_settings={p["problems"][0]: {"epochs": 0}}),
+         "problem_settings.digits_mlp.epochs", "positive"),
+        (lambda p: p.update(problem_settings={p["problems"][0]: {"partition": "rows"}}),
+         "problem_settings.digits_mlp.partition", "unknown partition"),
+        (lambda p: p.update(problem_settings={p["problems"][0]: {"epoch": 2}}),
+         "problem_settings.digits_mlp.epoch", "unknown key"),
     ],
 )  # fmt: skip
 def test_bad_params_name_the_key(tmp_path, mutate, key, words):
@@ -179,3 +187,12 @@ def test_values_pyyaml_and_dvc_read_differently_are_refused(tmp_path, text, key)
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert f"{key}: read as" in str(error.value) and "YAML 1.2" in str(error.value)
+
+
+def test_problem_settings_are_omissible_per_key(tmp_path):
+    params = tiny_params(tmp_path)
+    config = parse_config(params)
+    assert config.settings_of(params["problems"][0]).epochs is None  # none given
+    params["problem_settings"] = {params["problems"][0]: {"epochs": 3, "partition": "per_module"}}
+    settings = parse_config(params).settings_of(params["problems"][0])
+    assert (settings.epochs, settings.batch_size, settings.partition) == (3, None, "per_module")

@@ -158,3 +158,15 @@ def test_the_example_workflow_runs_the_tested_commands():
     assert "make compare BASE=$BASE PROFILE=ci" in commands and "pipefail" in commands
     e2e = (ROOT / "tests" / "test_ci_profile_e2e.py").read_text()
     assert '_make("repro", "PROFILE=ci")' in e2e and '_make("compare", "BASE=HEAD"' in e2e
+
+
+def test_problem_settings_are_a_param_of_the_tune_and_train_cells_only(tmp_path):
+    params = tiny_params(tmp_path)
+    stages = _stages(pipeline.render(_project(tmp_path, params), tmp_path))
+    assert not any("problem_settings" in stage.get("params", []) for stage in stages.values())
+    params["problem_settings"] = {params["problems"][0]: {"epochs": 2}}
+    stages = _stages(pipeline.render(_project(tmp_path, params), tmp_path))
+    reading = {
+        name for name, stage in stages.items() if "problem_settings" in stage.get("params", [])
+    }
+    assert reading == {"tune", "train"}
