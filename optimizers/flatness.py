@@ -41,11 +41,11 @@ reverse pass per consumer (the operator alone); nothing read back to the host.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from .derivatives import LossFn, projected_derivatives
@@ -171,14 +171,13 @@ def projected_derivatives_with_flatness(
     groups: Sequence[Sequence[str]],
     direction: Mapping[str, Tensor],
     order: int = 3,
-    *,
-    diagonal: bool = False,
-    module: nn.Module | Iterable[nn.Module] | None = None,
+    **options: Any,
 ) -> tuple[tuple[Tensor, ...], Tensor]:
     """``(projected_derivatives(...), ρ)``: the derivatives and the flatness ratios ρ [S] of the
     module docstring, from the same single evaluation of ``loss_fn``.
 
-    The arguments are those of :func:`optimizers.derivatives.projected_derivatives`. ``loss_fn``
+    The arguments are those of :func:`optimizers.derivatives.projected_derivatives`, its
+    keyword options (``diagonal``, ``module``, …) passed on as they are. ``loss_fn``
     is evaluated under a :class:`ConsumerTracker`, and ρ costs one more reverse pass through
     its graph plus one local pass per consumer; the derivatives are computed by the very same
     operations as without it (the tracker only records: same values, to the bit).
@@ -196,7 +195,5 @@ def projected_derivatives_with_flatness(
             )
         return loss
 
-    derivatives = projected_derivatives(
-        tracked_loss, params, groups, direction, order, diagonal=diagonal, module=module
-    )
+    derivatives = projected_derivatives(tracked_loss, params, groups, direction, order, **options)
     return derivatives, found["ratios"]

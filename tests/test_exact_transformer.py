@@ -32,31 +32,14 @@ from reference import (
     relative_error,
     setup,
 )
+from test_derivatives import FD_TOL, _compare, _shift
 
 from optimizers import partition, projected_derivatives
 from optimizers.derivatives import functional_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-TOL = 1e-10  # normwise relative error against the float64 reference
-FD_TOL = 1e-6  # Richardson-extrapolated central differences, h = 1e-4
 LMS = [c.name for c in SEQUENCE_CASES if c.name.startswith("transformer")]
 IDS = lambda case: case.name  # noqa: E731
-
-
-def _compare(got, expected, label, tol=TOL):
-    assert len(got) == len(expected)
-    for d, (a, b) in enumerate(zip(got, expected, strict=True), start=1):
-        assert a.shape == b.shape, f"{label} order {d}: {tuple(a.shape)} vs {tuple(b.shape)}"
-        err = relative_error(a, b)
-        assert err <= tol, f"{label} order {d}: normwise relative error {err:.2e} > {tol:.0e}"
-
-
-def _shift(params, groups, direction, eta):
-    moved = dict(params)
-    for s, group in enumerate(groups):
-        for name in group:
-            moved[name] = params[name] + eta[s] * direction[name]
-    return moved
 
 
 @pytest.mark.parametrize("case", SEQUENCE_CASES, ids=IDS)

@@ -191,20 +191,24 @@ def test_bad_flat_mask_is_refused(flat):
 
 
 # ------------------------------------------------------------------ the optimizer
+def closure_for(model, optimizer, x, y):
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
 def train(model, x, y, steps, **hyperparameters):
     """``steps`` steps of PartitionedNewton on minibatches of (x, y), the first 24 samples as the
     curvature batch; returns the optimizer."""
     optimizer = PartitionedNewton.from_model(model, **hyperparameters)
     curvature_loss = functional_loss(model, F.cross_entropy, x[:24], y[:24])
     for step in range(steps):
-        batch = slice((step * 8) % (len(x) - 8), (step * 8) % (len(x) - 8) + 8)
-
-        def closure(batch=batch):
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(x[batch]), y[batch])
-            loss.backward()
-            return loss
-
+        start = (step * 8) % (len(x) - 8)
+        closure = closure_for(model, optimizer, x[start : start + 8], y[start : start + 8])
         optimizer.step(closure, curvature_loss if optimizer.needs_curvature else None)
     return optimizer
 
@@ -308,13 +312,7 @@ def test_conv_batchnorm_cnn_trains_with_the_default_partition():
         order = torch.randperm(len(x), generator=gen)
         for start in range(0, len(x), 50):
             batch = order[start : start + 50]
-
-            def closure(batch=batch):
-                optimizer.zero_grad()
-                loss = F.cross_entropy(model(x[batch]), y[batch])
-                loss.backward()
-                return loss
-
+            closure = closure_for(model, optimizer, x[batch], y[batch])
             optimizer.step(closure, curvature_loss if optimizer.needs_curvature else None)
     final = full_loss()
     assert final < 0.5 * initial, (initial, final, optimizer.status_counts)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_flat_subsets import closure_for
 from torch import nn
 
 from optimizers import PartitionedNewton, projected_derivatives
@@ -34,16 +35,6 @@ def engine_inputs(model):
     params = {n: p.detach() for n, p in model.named_parameters()}
     direction = {n: torch.randn_like(p) for n, p in params.items()}
     return params, per_tensor(model), direction
-
-
-def closure_for(model, optimizer, x, y):
-    def closure():
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
 
 
 # ------------------------------------------------------------------ loss_fn ignores params
