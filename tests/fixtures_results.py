@@ -6,7 +6,7 @@ made-up but contract-shaped content: exponentially decaying training losses (one
 optimizer), cumulative wall-clock, test accuracy as a fraction, ``diag/eta/<subset>`` columns for
 our optimizers, diverged runs whose final values are the values at divergence (NaN or inf), and
 ``probe.csv`` for the probed optimizers with a known over/under-step pattern (:data:`PROBE_ETA`).
-A problem named in ``perplexity`` (e.g. :data:`LM_LAYOUT`'s, registered by
+A problem named in ``perplexity`` (e.g. :data:`LM_LAYOUT`'s, registered for one test by
 :func:`register_lm_problem`) is a language model's: its quality metric is the test perplexity
 per token, exp(test loss), lower is better (``test_perplexity``, ``final_test_perplexity``,
 ``best_test_perplexity`` = its minimum) instead of the accuracy.
@@ -55,16 +55,21 @@ LM_LAYOUT = {LM_PROBLEM: OPTIMIZERS}
 MIXED_LAYOUT = {"digits_mlp": OPTIMIZERS, LM_PROBLEM: OPTIMIZERS}
 
 
-def register_lm_problem():
-    """Register :data:`LM_PROBLEM` (metric perplexity) so that a params file can name it; the
-    fixture's results never load its data or build its model."""
+def register_lm_problem(monkeypatch):
+    """Register :data:`LM_PROBLEM` (metric perplexity) for one test so that a params file can
+    name it; the fixture's results never load its data or build its model."""
     from bench.models import mlp
-    from bench.problems import Problem, register_problem
+    from bench.problems import PROBLEMS, Problem, register_problem
 
-    return register_problem(
-        Problem(LM_PROBLEM, "digits", lambda: mlp(64, (8,), 10), 5, metric="perplexity"),
-        replace=True,
-    )
+    problem = Problem(LM_PROBLEM, "digits", lambda: mlp(64, (8,), 10), 5, metric="perplexity")
+    return for_one_test(monkeypatch, PROBLEMS, problem, register_problem)
+
+
+def for_one_test(monkeypatch, registry: dict, entry, register):
+    """``register(entry, replace=True)`` into ``registry``, undone when the test ends (the
+    registries are the session's: a test problem left there would be every later test's)."""
+    monkeypatch.setitem(registry, entry.name, entry)  # remembers what to restore
+    return register(entry, replace=True)
 
 
 def provenance(seed: int) -> dict:

@@ -560,9 +560,9 @@ LM_STATISTICS = ("final_train_loss", "final_test_perplexity")
 
 
 @pytest.fixture
-def mixed(tmp_path: Path, seed: int) -> tuple[Path, dict]:
+def mixed(tmp_path: Path, seed: int, monkeypatch) -> tuple[Path, dict]:
     """A classifier (accuracy) and a language model (perplexity) in one results tree."""
-    register_lm_problem()
+    register_lm_problem(monkeypatch)
     results = tmp_path / "results"
     diverged = (DIVERGED[0], *LM_DIVERGED)
     written = write_results_tree(results, seed=seed, layout=MIXED_LAYOUT, diverged=diverged)
@@ -657,8 +657,8 @@ def test_comparisons_use_each_problems_metric_with_its_direction(mixed):
 
 
 @pytest.mark.parametrize("damage", ["low_perplexity", "mixed_metrics", "no_quality_metric"])
-def test_a_broken_language_model_record_is_a_user_error(tmp_path, seed, damage):
-    register_lm_problem()
+def test_a_broken_language_model_record_is_a_user_error(tmp_path, seed, damage, monkeypatch):
+    register_lm_problem(monkeypatch)
     results = tmp_path / "results"
     write_results_tree(results, seed=seed, layout=MIXED_LAYOUT, seeds=(0, 1), diverged=())
     run_dir = results / "default" / "runs" / LM_PROBLEM / "sgd" / "1"

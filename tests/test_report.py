@@ -577,10 +577,10 @@ def test_subset_tick_labels_are_short():
     assert len(long) <= figures.LABEL_WIDTH and long.startswith("…")
 
 
-def test_a_language_models_sections_use_its_perplexity_lower_is_better(tmp_path):
+def test_a_language_models_sections_use_its_perplexity_lower_is_better(tmp_path, monkeypatch):
     """A classifier and a language model in one report: each problem's tables, figure,
     comparisons and headline column show its own metric, the best by its own direction."""
-    register_lm_problem()
+    register_lm_problem(monkeypatch)
     results, out, written = _build(tmp_path, layout=MIXED_LAYOUT, diverged=())
     markdown = (out / "report.md").read_text()
     assert (out / "figures" / f"perplexity_{LM_PROBLEM}.png").read_bytes().startswith(PNG_MAGIC)

@@ -605,31 +605,28 @@ def tiny_text(seed: int = 0, length: int = 2400) -> str:
 
 
 @pytest.fixture
-def tiny_lm(tmp_path):
-    """(config, results) of a grid on a tiny language model registered here: a 1-block causal
-    transformer on a synthetic text (metric perplexity, per-module partition)."""
-    from bench.data import DatasetSpec, register_dataset
+def tiny_lm(tmp_path, monkeypatch):
+    """(config, results) of a grid on a tiny language model registered here (for this test
+    only): a 1-block causal transformer on a synthetic text (metric perplexity, per-module
+    partition)."""
+    from fixtures_results import for_one_test
+
+    from bench.data import DATASETS, DatasetSpec, register_dataset
     from bench.models import char_transformer
     from bench.prepare import prepare
-    from bench.problems import Problem, register_problem
+    from bench.problems import PROBLEMS, Problem, register_problem
 
     text = tiny_text()
     vocabulary = len(set(text))
-    register_dataset(
-        DatasetSpec("tinytext", vocabulary, (TINY_CONTEXT,), (0.8, 0.1, 0.1), "synthetic",
-                    raw=lambda: text, task="language_model"),
-        replace=True,
+    dataset = DatasetSpec("tinytext", vocabulary, (TINY_CONTEXT,), (0.8, 0.1, 0.1), "synthetic",
+                          raw=lambda: text, task="language_model")  # fmt: skip
+    for_one_test(monkeypatch, DATASETS, dataset, register_dataset)
+    problem = Problem(
+        "tinytext_transformer", "tinytext",
+        lambda: char_transformer(vocabulary, context=TINY_CONTEXT, d_model=16, heads=2, blocks=1),
+        2, batch_size=16, curvature_batch_size=16, metric="perplexity", partition="per_module",
     )  # fmt: skip
-    register_problem(
-        Problem(
-            "tinytext_transformer", "tinytext",
-            lambda: char_transformer(vocabulary, context=TINY_CONTEXT, d_model=16, heads=2,
-                                     blocks=1),
-            2, batch_size=16, curvature_batch_size=16, metric="perplexity",
-            partition="per_module",
-        ),
-        replace=True,
-    )  # fmt: skip
+    for_one_test(monkeypatch, PROBLEMS, problem, register_problem)
     params = tiny_params(tmp_path, problems=["tinytext_transformer"])
     often = {"update_every": 2, "warmup": 1, "average": 2}  # curvature within the 6 steps
     params["optimizers"] = {
