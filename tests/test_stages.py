@@ -13,6 +13,7 @@ import json
 import math
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -720,3 +721,44 @@ def test_a_problems_partition_reaches_the_optimizers_that_take_one(tiny_lm, opti
         assert len(etas) == len(list(model.parameters()))
     elif partition == "single":
         assert len(etas) == 1
+
+
+def _thaw(value):
+    """A validated config's raw params (read-only mappings) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {key: _thaw(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_thaw(item) for item in value]
+    return value
+
+
+def test_params_problem_settings_override_the_problems_budget_and_partition(tiny_lm):
+    """``problem_settings.<problem>`` in params comes before ``train`` and the problem's own
+    (epochs, batch sizes) and before the problem's partition; a fixed partition still wins."""
+    from bench.problems import get_problem
+    from bench.training.cells import cell_params, run_settings
+    from bench.training.tuning import grid_points
+    from bench.tune import tune_cell
+
+    config, results = tiny_lm
+    problem = get_problem("tinytext_transformer")
+    params = _thaw(config.raw)
+    own = {"epochs": 2, "batch_size": 64, "partition": "single"}
+    params["problem_settings"] = {"tinytext_transformer": own}
+    overridden = parse_pipeline_config(params)
+    settings = run_settings(overridden, problem, "cpu")
+    assert (settings.epochs, settings.batch_size, settings.curvature_batch_size) == (2, 64, 32)
+    assert run_settings(config, problem, "cpu").epochs == 1  # train.epochs without them
+    assert [p["partition"] for p in grid_points(overridden, "partitioned_newton", problem)] == [
+        "single"
+    ]
+    fixed = grid_points(overridden, "partitioned_newton_diag", problem)  # fixes per_tensor
+    assert [p["partition"] for p in fixed] == ["per_tensor"]
+    cell = {"problem": "tinytext_transformer", "optimizer": "sgd"}
+    assert "problem_settings.tinytext_transformer" not in cell_params(config, cell, "cpu")
+    assert cell_params(overridden, cell, "cpu")["problem_settings.tinytext_transformer"] == {
+        "curvature_batch_size": None, **own,
+    }  # fmt: skip
+    tuned = tune_cell(overridden, "tinytext_transformer", "partitioned_newton", results=results)
+    assert tuned["best"]["partition"] == "single" and tuned["epochs"] == 1
+    assert "problem's own (single)" in tuned["protocol"]

@@ -14,6 +14,7 @@ resumes from it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,13 +32,16 @@ from bench.training.runs import RunSettings, build_run, problem_hyperparameters
 
 def run_settings(config: Config, problem: Any, device: str, *, epochs: int | None = None,
                  probe: bool = False) -> RunSettings:  # fmt: skip
-    """The :class:`RunSettings` of ``problem`` under ``config.train`` (params override the
-    problem's own epochs / batch sizes when set)."""
-    train = config.train
+    """The :class:`RunSettings` of ``problem`` under ``config``: its epochs and batch sizes from
+    params ``problem_settings.<problem>`` when set there, else ``train`` when set there, else
+    the problem's own."""
+    train, own = config.train, config.settings_of(problem.name)
     return RunSettings(
-        epochs=epochs or train.epochs or problem.epochs,
-        batch_size=train.batch_size or problem.batch_size,
-        curvature_batch_size=train.curvature_batch_size or problem.curvature_batch_size,
+        epochs=epochs or own.epochs or train.epochs or problem.epochs,
+        batch_size=own.batch_size or train.batch_size or problem.batch_size,
+        curvature_batch_size=(
+            own.curvature_batch_size or train.curvature_batch_size or problem.curvature_batch_size
+        ),
         eval_batch_size=train.eval_batch_size,
         divergence_factor=train.divergence_factor,
         plateau=train.plateau,
@@ -122,7 +126,7 @@ def run_metrics(
 def cell_params(config: Config, cell: dict[str, Any], device: str, **extra: Any) -> dict[str, Any]:
     """The params a cell's result depends on: its fingerprint and ``params_hash``. Never the
     ``runtime`` section (it changes how a run is carried out, not what it computes)."""
-    return {
+    params = {
         **cell,
         "profile": config.profile,
         "device": device,
@@ -130,6 +134,20 @@ def cell_params(config: Config, cell: dict[str, Any], device: str, **extra: Any)
         "train": config.raw.get("train"),
         f"optimizers.{cell['optimizer']}": config.raw["optimizers"][cell["optimizer"]],
     }
+    problem = cell["problem"]
+    if problem in config.problem_settings:  # only then: other cells hash as they always did
+        params[f"problem_settings.{problem}"] = dataclasses.asdict(config.settings_of(problem))
+    return params
+
+
+def cell_hyperparameters(
+    config: Config, problem: Any, optimizer: str, hyperparameters: dict[str, Any]
+) -> dict[str, Any]:
+    """``hyperparameters`` with the partition of the problem when one applies
+    (:func:`~bench.training.runs.problem_hyperparameters`): params
+    ``problem_settings.<problem>.partition`` when set, else the problem's own."""
+    partition = config.settings_of(problem.name).partition
+    return problem_hyperparameters(problem, optimizer, hyperparameters, partition=partition)
 
 
 def train_cell(
@@ -149,7 +167,7 @@ def train_cell(
     results = Path(results)
     problem = get_problem(problem_name)
     tuned = read_tuned(config, problem_name, optimizer_name, results)
-    hyperparameters = problem_hyperparameters(problem, optimizer_name, tuned)
+    hyperparameters = cell_hyperparameters(config, problem, optimizer_name, tuned)
     data_path = config.data_path(problem.dataset, results)
     splits = load_splits(data_path)
     device = resolve_device(config.device)

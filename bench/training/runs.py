@@ -144,9 +144,7 @@ def build_run(
 
     def epoch_batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         seed_of_epoch = stream_seed(seed, "data", epoch)
-        epoch_rows = batches(*train_split, batch_size, seed=seed_of_epoch, shuffle=True,
-                             device=device)  # fmt: skip
-        return _same_dtype(epoch_rows, train_split[0].dtype)
+        return batches(*train_split, batch_size, seed=seed_of_epoch, shuffle=True, device=device)
 
     return RunInputs(
         model=model,
@@ -158,21 +156,6 @@ def build_run(
         loss=problem.loss,
         metric=problem_metric(problem),
     )
-
-
-TOKEN_LIMIT = 2**24  # token ids below it are exact in float32
-
-
-def _same_dtype(
-    rows: Iterator[tuple[Tensor, Tensor]], dtype: torch.dtype
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """The minibatches with their inputs in ``dtype`` again: ``bench.data.batches`` hands out
-    float32 inputs whatever they were, which a language model's token ids (int64, every id below
-    :data:`TOKEN_LIMIT`, checked in :func:`input_tensor`) survive exactly; float inputs pass
-    through untouched."""
-    if dtype.is_floating_point:
-        return rows
-    return ((inputs.to(dtype), targets) for inputs, targets in rows)
 
 
 def problem_criterion(problem: Any) -> Callable[..., Tensor]:
@@ -189,17 +172,10 @@ def problem_metric(problem: Any) -> str:
 
 
 def input_tensor(x: np.ndarray | Tensor, device: str | torch.device) -> Tensor:
-    """A split's inputs on ``device``: token ids (an integer array) as int64, anything else as
-    float32 (images, features: what every problem but a language model has)."""
-    integer = not torch.is_tensor(x) and np.issubdtype(np.asarray(x).dtype, np.integer)
-    integer = integer or (torch.is_tensor(x) and not torch.is_floating_point(x))
-    if not integer:
-        return torch.as_tensor(x, dtype=torch.float32, device=device)
-    tokens = torch.as_tensor(x, dtype=torch.long, device=device)
-    low, high = (int(tokens.min()), int(tokens.max())) if tokens.numel() else (0, 0)
-    if not 0 <= low <= high < TOKEN_LIMIT:
-        raise ValueError(f"token ids must lie in [0, {TOKEN_LIMIT}), got {low}..{high}")
-    return tokens
+    """A split's inputs on ``device``: token ids (integers) as int64, anything else as float32
+    (images, features), as ``bench.data.batches`` hands out its minibatches."""
+    integer = not torch.as_tensor(x[:0]).is_floating_point()
+    return torch.as_tensor(x, dtype=torch.long if integer else torch.float32, device=device)
 
 
 def takes_problem_partition(optimizer_name: str) -> bool | None:
@@ -217,15 +193,20 @@ def takes_problem_partition(optimizer_name: str) -> bool | None:
 
 
 def problem_hyperparameters(
-    problem: Any, optimizer_name: str, hyperparameters: dict[str, Any]
+    problem: Any,
+    optimizer_name: str,
+    hyperparameters: dict[str, Any],
+    *,
+    partition: str | None = None,
 ) -> dict[str, Any]:
-    """``hyperparameters`` with a ``partition`` when the problem has one (``problem.partition``),
+    """``hyperparameters`` with a ``partition`` when the problem has one (``partition`` when
+    given: params' ``problem_settings``; else ``problem.partition``),
     the optimizer takes a partition and ``hyperparameters`` name none (a partition fixed in params
     ``optimizers.<name>.hyperparameters`` or swept by the tune grid wins): the problem's when it
     applies (:func:`takes_problem_partition`), else the optimizer's own default, written out so
     that the record says which partition ran. Otherwise ``hyperparameters`` unchanged (the same
     dict: a problem without a partition records what it always did)."""
-    partition = getattr(problem, "partition", None)
+    partition = partition if partition is not None else getattr(problem, "partition", None)
     if partition is None or "partition" in hyperparameters:
         return hyperparameters
     applies = takes_problem_partition(optimizer_name)

@@ -6,9 +6,10 @@ budget, one seed, the validation split. The grid is ``optimizers.<name>.grid`` f
 set, else the registry spec's ``grid`` without the axes that params fix in
 ``optimizers.<name>.hyperparameters`` (fixing ``lr`` there skips the learning-rate search).
 
-A problem with its own partition (``bench.problems.Problem.partition``) gives it to the optimizers
-that take one unless params fix or sweep it (:func:`bench.training.runs.problem_hyperparameters`);
-``best`` then names it and the protocol says so.
+A problem with its own partition (params ``problem_settings.<problem>.partition``, else
+``bench.problems.Problem.partition``) gives it to the optimizers that take one unless params fix
+or sweep it (:func:`bench.training.cells.cell_hyperparameters`); ``best`` then names it and the
+protocol says so.
 
 Output: ``{"problem", "optimizer", "grid": [{<swept hyperparameters incl. lr>, "valid_loss",
 "valid_<metric>", "train_loss", "diverged"}, ...], "best": {hyperparameters incl. lr},
@@ -28,9 +29,15 @@ from bench import schema
 from bench.config import Config, resolve_device
 from bench.io import write_json_atomic
 from bench.provenance import provenance
-from bench.training.cells import cell_params, check_cell, file_digest, run_settings
+from bench.training.cells import (
+    cell_hyperparameters,
+    cell_params,
+    check_cell,
+    file_digest,
+    run_settings,
+)
 from bench.training.loop import run_training
-from bench.training.runs import build_run, problem_hyperparameters, takes_problem_partition
+from bench.training.runs import build_run, takes_problem_partition
 
 PROTOCOL = (
     "Learning rate tuned per (problem, optimizer) on the validation split with one seed "
@@ -53,11 +60,12 @@ OWN_PARTITION_NOTE = (
 )
 
 
-def partition_note(problem: Any, optimizer: str, partition: str) -> str:
-    """The protocol's sentence on a partition the tune cell wrote out for ``problem``."""
+def partition_note(optimizer: str, partition: str, problem_partition: str) -> str:
+    """The protocol's sentence on a partition the tune cell wrote out (``problem_partition``:
+    the problem's, from params ``problem_settings`` or the problem)."""
     if takes_problem_partition(optimizer):
         return PARTITION_NOTE.format(partition=partition)
-    return OWN_PARTITION_NOTE.format(partition=partition, problem_partition=problem.partition)
+    return OWN_PARTITION_NOTE.format(partition=partition, problem_partition=problem_partition)
 
 
 def search_grid(config: Config, optimizer: str) -> dict[str, list[Any]]:
@@ -74,7 +82,7 @@ def search_grid(config: Config, optimizer: str) -> dict[str, list[Any]]:
 def grid_points(config: Config, optimizer: str, problem: Any = None) -> list[dict[str, Any]]:
     """Every hyperparameter set the cell tries: fixed ones + one point of the grid, with ``lr``
     always present (the registry default when neither fixed nor swept), and ``problem``'s
-    partition when it has one that applies (:func:`~bench.training.runs.problem_hyperparameters`:
+    partition when it has one that applies (:func:`~bench.training.cells.cell_hyperparameters`:
     never over a partition fixed or swept by params)."""
     from optimizers.registry import get_spec
 
@@ -82,7 +90,9 @@ def grid_points(config: Config, optimizer: str, problem: Any = None) -> list[dic
     fixed.setdefault("lr", get_spec(optimizer).defaults["lr"])
     axes = search_grid(config, optimizer)
     points = [{**fixed, **dict(zip(axes, v, strict=True))} for v in product(*axes.values())]
-    return [problem_hyperparameters(problem, optimizer, point) for point in points]
+    if problem is None:
+        return points
+    return [cell_hyperparameters(config, problem, optimizer, point) for point in points]
 
 
 def tune_epochs(config: Config, train_epochs: int) -> int:
@@ -167,7 +177,8 @@ def tune_cell(
         factor=config.train.divergence_factor,
     )
     if points != grid_points(config, optimizer_name):  # a partition was written out
-        protocol += partition_note(problem, optimizer_name, points[0]["partition"])
+        own = config.settings_of(problem.name).partition or problem.partition
+        protocol += partition_note(optimizer_name, points[0]["partition"], own)
     cell = {"problem": problem_name, "optimizer": optimizer_name}
     params = cell_params(config, cell, device, tune=config.raw.get("tune"))
     params["data"] = file_digest(data_path)
