@@ -55,7 +55,7 @@ def output_shape(problem: Problem, count: int) -> tuple[int, ...]:
 def test_the_default_grid_problems_are_registered_on_embedded_data():
     assert {"mnist5k_mlp", "digits_mlp", "mnist1d_mlp", "mnist5k_lenet5", *NEW} <= set(EMBEDDED)
     for name, problem in PROBLEMS.items():
-        assert problem.name == name and name.startswith(problem.dataset + "_")
+        assert problem.name == name and name.startswith(problem.dataset + "_"), problem
 
 
 @pytest.mark.parametrize("name", list(PAPER))
