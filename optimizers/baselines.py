@@ -320,7 +320,9 @@ class KfacOptimizer(TrainingOptimizer):
     def step(self, batch: Batch, curvature_batch: Batch | None = None) -> Tensor:
         inputs, targets = _unpack(batch, "batch")
         maker = self.grad_maker
-        maker.config.data_size = int(inputs.shape[0])
+        # ASDL sums the loss over every target and divides by data_size: the number of targets
+        # (B for a classifier's labels [B], B·T for a language model's next tokens [B, T]).
+        maker.config.data_size = int(targets.numel())
         first = not self._has_curvature()
         maker.config.ema_decay = 1.0 if first else self.statistics_decay
         self.optimizer.zero_grad()

@@ -20,6 +20,7 @@ from test_stages import tiny_params, write_params
 
 from bench import layout, lockfile, pipeline, validate
 from bench.errors import UsageError
+from optimizers import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = [ROOT / "params.yaml", *sorted((ROOT / "profiles").glob("*.yaml"))]
@@ -28,6 +29,8 @@ PROJECT_FILES = [ROOT / "params.yaml", *sorted((ROOT / "profiles").glob("*.yaml"
 @pytest.fixture(autouse=True)
 def _project_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))  # examples.sign_sgd, as `python -m` from the root
+    # rendering loads the params' registrations (sign_sgd, rmsprop): undone after each test
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
 
 def _stages(text: str) -> dict[str, dict]:

@@ -200,12 +200,6 @@ def test_every_default_optimizer_runs_on_the_new_problems(
         assert after < before, (before, after)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="optimizers/baselines.py KfacOptimizer.step sets ASDL's data_size to the batch size "
-    "B; ASDL sums the loss over the B*T tokens and divides by data_size, so on a curvature step "
-    "the loss and gradient are T times too large (needs data_size = targets.numel())",
-)
 def test_kfac_reports_the_mean_token_loss_on_a_language_model(first_rows, seed, single_thread):
     from bench.training.runs import problem_criterion
     from optimizers.registry import make
