@@ -133,13 +133,15 @@ def deviation(model: nn.Module, twin: nn.Module) -> float:
 
 
 # ------------------------------------------------------------------------- the study
-def scaling_laws(model, twin, scales, batch, lambda_int: float = 1.0) -> dict[str, float]:
+def scaling_laws(
+    model, twin, scales, batch, lambda_int: float = 1.0, criterion=F.cross_entropy
+) -> dict[str, float]:
     """Max relative errors of ḡ̃ = a²ḡ, H̄̃ = a_s²a_t²H̄, d̃ = a²d, η̃ = η/a² (u = the gradient)."""
     from optimizers import functional_loss, partition, projected_derivatives
     from optimizers.subspace import subspace_step
 
     def derivatives(net):
-        loss_fn = functional_loss(net, F.cross_entropy, *batch)
+        loss_fn = functional_loss(net, criterion, *batch)
         live = dict(net.named_parameters())
         grads = torch.autograd.grad(loss_fn(live), list(live.values()))
         params = {n: p.detach() for n, p in live.items()}
@@ -177,15 +179,18 @@ def _model_and_twin(problem: Any, seed: int, dtype: torch.dtype, scales, shifts)
     return model, twin
 
 
-def _train_pair(model, twin, name, hyperparameters, *, steps, seed, batch, curvature_offset):
+def _train_pair(
+    model, twin, name, hyperparameters, *, steps, seed, batch, curvature_offset,
+    criterion=F.cross_entropy,
+):  # fmt: skip
     """Train ``model`` and ``twin`` with optimizer ``name`` on the same batches (and curvature
     batches); the per-step parameter and loss deviations."""
     from optimizers.registry import make
 
     torch.manual_seed(seed)
-    ours = make(name, model, hyperparameters)
+    ours = make(name, model, hyperparameters, criterion=criterion)
     torch.manual_seed(seed)
-    theirs = make(name, twin, hyperparameters)
+    theirs = make(name, twin, hyperparameters, criterion=criterion)
     params_dev, loss_dev = [], []
     for t in range(steps):
         curvature = batch(t, offset=curvature_offset) if ours.needs_curvature_batch else None
@@ -210,8 +215,12 @@ def study(
     min_movement: float,
 ) -> dict[str, Any]:
     """Train model and twin with every optimizer; deviations per step (pure, no I/O)."""
-    x = torch.as_tensor(splits.x_train, dtype=dtype)
+    from bench.training.runs import problem_criterion
+
+    floating = torch.as_tensor(splits.x_train[:0]).is_floating_point()
+    x = torch.as_tensor(splits.x_train, dtype=dtype if floating else torch.long)  # token ids
     y = torch.as_tensor(splits.y_train, dtype=torch.long)
+    criterion = problem_criterion(problem)  # a language model's loss is per token
     count = len(x)
 
     def batch(index: int, offset: int = 0) -> tuple[Tensor, Tensor]:
@@ -227,7 +236,7 @@ def study(
         start = {n: p.detach().clone() for n, p in model.named_parameters()}
         params_dev, loss_dev = _train_pair(
             model, twin, name, hyperparameters,
-            steps=steps, seed=seed, batch=batch, curvature_offset=count // 2,
+            steps=steps, seed=seed, batch=batch, curvature_offset=count // 2, criterion=criterion,
         )  # fmt: skip
         moved = _relative(_flat(p for _, p in model.named_parameters()), _flat(start.values()))
         finite = all(math.isfinite(v) for v in params_dev + loss_dev)
@@ -244,7 +253,9 @@ def study(
             "follow the warm-up"
         )
     model, twin = _model_and_twin(problem, seed, dtype, scales, shifts)
-    result["scaling_laws"] = scaling_laws(model, twin, scales, batch(0, offset=count // 2))
+    result["scaling_laws"] = scaling_laws(
+        model, twin, scales, batch(0, offset=count // 2), criterion=criterion
+    )
     result["scales"] = scales
     return result
 

@@ -53,17 +53,20 @@ SCALING_INPUTS, SCALING_CLASSES = 64, 10
 def _step_workloads(problem, splits, names, hyperparameters, period, batch_size, seed=0):
     """Callables running ``period`` steps of each optimizer (and one gradient), plus the
     per-step times of our optimizers split into recomputation and plain steps."""
+    from bench.training.runs import input_tensor, problem_criterion, problem_hyperparameters
     from optimizers.registry import make
 
-    x = torch.as_tensor(splits.x_train[: 2 * batch_size], dtype=torch.float32)
+    x = input_tensor(splits.x_train[: 2 * batch_size], "cpu")  # token ids stay int64
     y = torch.as_tensor(splits.y_train[: 2 * batch_size], dtype=torch.long)
     batch, curvature = (x[:batch_size], y[:batch_size]), (x[batch_size:], y[batch_size:])
+    criterion = problem_criterion(problem)  # a language model's loss is per token
     work: dict[str, Callable[[], Any]] = {
-        "gradient": gradient_work(problem.make_model(seed), *batch)
+        "gradient": gradient_work(problem.make_model(seed), *batch, criterion)
     }
     split_times: dict[str, dict[str, list[float]]] = {}
     for name in names:
-        optimizer = make(name, problem.make_model(seed), hyperparameters.get(name, {}))
+        chosen = problem_hyperparameters(problem, name, dict(hyperparameters.get(name, {})))
+        optimizer = make(name, problem.make_model(seed), chosen, criterion=criterion)
         times = split_times.setdefault(name, {"recompute": [], "plain": []})
 
         def run(optimizer=optimizer, times=times) -> None:

@@ -25,12 +25,15 @@ def random_batch(
     return x, y
 
 
-def gradient_work(model: nn.Module, x: Tensor, y: Tensor) -> Callable[[], None]:
-    """One plain gradient (forward + backward of the cross-entropy): the studies' cost unit."""
+def gradient_work(
+    model: nn.Module, x: Tensor, y: Tensor, criterion: Callable[..., Tensor] = F.cross_entropy
+) -> Callable[[], None]:
+    """One plain gradient (forward + backward of ``criterion``, by default the cross-entropy of
+    logits [B, C]; a problem's own for a language model's [B, T, V]): the studies' cost unit."""
 
     def gradient() -> None:
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        criterion(model(x), y).backward()
 
     return gradient
 
