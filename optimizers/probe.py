@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .derivatives import projected_derivatives
+from .flatness import flat_subsets, projected_derivatives_with_flatness
 from .partition import get_partition, per_tensor, trainable_names, validate_groups
 from .subspace import SolverStatus, subspace_step
 
@@ -29,13 +29,17 @@ class LearningRateProbe:
 
     with ḡ [S] and H̄ [S, S] from ``projected_derivatives(probe_loss, θ_t, subsets, u, order=2)``
     (1 + S reverse passes through one forward pass of the probe batch) and η* from
-    ``subspace_step(ḡ, H̄)`` (λ_int = 0, in float64; its status is recorded). The per-subset
+    ``subspace_step(ḡ, H̄)`` (λ_int = 0, in float64; its status is recorded). A subset along
+    which the probe loss is numerically constant (``optimizers.flatness``: a conv bias before a
+    BatchNorm) is left out of the solve, η*_s = NaN for it, and the others are solved without it
+    (status ``flat_subset``). The per-subset
     ratio ḡ_s / H̄_ss is the step that subset would want alone (cross-subset terms ignored).
 
     Reading η*_s: ≈ 1, subset s already gets the step the quadratic model wants; ≫ 1, its step
     is too small (its learning rate could grow by about η*_s); ≪ 1, too large; < 0, the step
     went uphill along u_s on the probe batch. η* is only meaningful when H̄ ≻ 0 (status
-    ``newton``); otherwise η is NaN in the records and ``status`` says why.
+    ``newton``, or ``flat_subset`` with the others' H̄ ≻ 0); otherwise η is NaN in the records
+    and ``status`` says why.
 
     Usage, around the training of any optimizer (SGD here)::
 
@@ -57,7 +61,8 @@ class LearningRateProbe:
         partition: a function of the model (``optimizers.partition``), its name, or a list of
             lists of parameter names.
 
-    Cost when due: a copy of θ (memory P) and 1 + S reverse passes; nothing between.
+    Cost when due: a copy of θ (memory P) and 2 + S reverse passes (one for the flatness
+    ratios); nothing between.
     The difference θ_t − θ_{t+1} is formed in the parameters' dtype (float32 loses digits when
     the step is tiny against θ; train in float64 for precise readings).
     """
@@ -134,19 +139,23 @@ class LearningRateProbe:
         parameters = dict(self.model.named_parameters())
         direction = {name: value - parameters[name].detach() for name, value in before.items()}
         with torch.enable_grad():
-            gradient, hessian = projected_derivatives(
+            (gradient, hessian), flatness = projected_derivatives_with_flatness(
                 loss_fn, before, self.groups, direction, order=2, module=self.model
             )
-        new = self._records(self.steps - 1, gradient, hessian)
+        flat = flat_subsets(flatness, gradient.dtype).cpu()
+        new = self._records(self.steps - 1, gradient, hessian, flat)
         self.records.extend(new)
         return new
 
-    def _records(self, step: int, gradient: Tensor, hessian: Tensor) -> list[dict[str, Any]]:
+    def _records(
+        self, step: int, gradient: Tensor, hessian: Tensor, flat: Tensor
+    ) -> list[dict[str, Any]]:
         gradient = gradient.to(device="cpu", dtype=torch.float64)
         hessian = hessian.to(device="cpu", dtype=torch.float64)
-        solution = subspace_step(gradient, hessian)
+        solution = subspace_step(gradient, hessian, flat=flat if bool(flat.any()) else None)
         status = SolverStatus(solution.status).value
         eta = solution.eta.tolist() if solution.ok else [math.nan] * len(self.groups)
+        eta = [math.nan if f else e for e, f in zip(eta, flat.tolist(), strict=True)]
         diagonal = torch.diagonal(hessian).tolist()
         return [
             {

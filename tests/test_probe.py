@@ -119,8 +119,10 @@ def test_schedule_and_tidy_records(seed):
     assert len(table) == 6
 
 
-def test_subset_that_did_not_move_gives_nan_and_a_status(seed):
-    """A frozen subset (u_s = 0) makes H̄ singular: η is NaN, the status says why."""
+def test_subset_that_did_not_move_is_left_out_of_the_solve(seed):
+    """A frozen subset (u_s = 0: H̄ singular, the loss constant along u_s) is flat: η*_s = NaN
+    for it, status ``flat_subset``, and the others get their step (L = ½‖θ‖², SGD with
+    lr 0.1: η*_s = 1/lr = 10)."""
     gen = torch.Generator().manual_seed(seed)
     model = Blocks(gen)
     optimizer = torch.optim.SGD([model.theta[0], model.theta[2]], lr=0.1)
@@ -132,7 +134,20 @@ def test_subset_that_did_not_move_gives_nan_and_a_status(seed):
     optimizer.step()
     records = probe.after_step(loss)
     assert records[1]["h"] == 0 and math.isnan(records[1]["ratio"])
-    assert all(math.isnan(r["eta"]) for r in records) and records[0]["status"] != "newton"
+    assert math.isnan(records[1]["eta"]) and {r["status"] for r in records} == {"flat_subset"}
+    for s in (0, 2):
+        assert math.isclose(records[s]["eta"], 10.0, rel_tol=1e-12)
+
+
+def test_subset_with_indefinite_curvature_gives_nan_and_a_status(seed):
+    """H̄ not ≻ 0 (a concave direction, nothing flat): η is NaN, the status says why."""
+    gen = torch.Generator().manual_seed(seed)
+    model = Blocks(gen)
+    signs = torch.tensor([1.0] * SIZES[0] + [-1.0] * SIZES[1] + [1.0] * SIZES[2], dtype=DT)
+    loss = lambda p: 0.5 * (signs * flat(p).square()).sum()
+    probe, _ = sgd_with_probe(model, loss, 0.1, steps=1)
+    assert all(math.isnan(r["eta"]) for r in probe.records)
+    assert {r["status"] for r in probe.records} == {"not_positive_definite"}
 
 
 @pytest.mark.parametrize(("name", "value"), [("every", 0), ("every", 1.5), ("probe_loss", 3)])
