@@ -65,7 +65,7 @@ def projected_derivatives(
             :func:`functional_loss`, which never touches the model's buffers.
         split_linear: if True, a call of ``F.linear`` or ``F.conv1d/2d/3d`` whose weight is a
             grouped parameter of subset s and whose input does not depend on η (the first layer,
-            fed by the data) is evaluated as f(x, θ_W, bias) + η_s f(x, u_W), which is exact
+            fed by the data) is evaluated as f(x, θ_W) + η_s f(x, u_W) + bias, which is exact
             since f is linear in its weight: every pass then reaches η_s through an elementwise
             product with the precomputed f(x, u_W) instead of a weight-gradient product with
             the input (see "Method and cost"). Same derivatives up to rounding; off by default
@@ -97,18 +97,33 @@ def projected_derivatives(
           of H̄, S triple-backward passes on H̄_ss w.r.t. η_s alone for D^3_sss);
         * order d complete: Σ_{k<d} C(S+k−1, k) passes, C(S+d−2, d−1) at the last order.
 
-        Cost grows with S, never with P² or P³. Because of the pruning a pass is cheaper than a
-        Hessian-vector product: on CPU (batch 100, one thread) the order-3 diagonal costs about
-        7–8 gradient-equivalents at S = 8–10 and ~45 at S = 42 (20-layer MLP), 0.3–0.5 × the
-        nested reverse passes w.r.t. θ of METHOD.md §2 (bench/studies/derivative_cost.py). Pass
-        costs depend on the order of ``groups``: list the subsets from input to output (as
-        :mod:`optimizers.partition` does), since rows then differentiate towards later
-        layers; the reversed order measured ~2× slower. Other exact routes measured slower on
-        CPU: the S row passes batched by ``is_grads_batched`` (vmap over the backward:
-        60–100× slower), forward-over-reverse with torch.func (H̄_s· = jvp along e_s of ∇_η φ,
-        D^3_ss· = jvp of that, for each s: ~20× slower), splitting each row into the entry
-        with graph and the rest without (~10 % slower). Memory: the graph of the forward pass
-        and of ḡ plus one row graph per order. No value is read back to the host.
+        Cost grows with S, never with P² or P³. Measured on CPU (batch 100, one thread, four
+        runs on a shared 2-core machine; bench/studies/derivative_cost.py,
+        results/derivative_cost.json) the order-3 diagonal costs about 7–8 gradient-equivalents
+        at S = 8 (MNIST MLP), 8–9 at S = 10 (LeNet-5) and 60–100 at S = 42 (20-layer MLP).
+        Against the study's two references, reverse passes w.r.t. θ:
+
+        * the restricted route of the paper's reference implementation (row s w.r.t. the
+          parameters of the subsets t ≥ s, D^3_sss w.r.t. subset s): **at parity, no gain**
+          (0.95–1.2× at order-3 diagonal, 0.8–1.2× at order 2). The engine makes the same
+          passes; its scalar leaves give it the restriction without bookkeeping, not fewer
+          operations;
+        * the unrestricted route (every pass w.r.t. all of θ): 0.4–0.75×, which is what the
+          restriction saves.
+
+        ``split_linear=True`` removes the weight-gradient products of the layers fed by the
+        data from every pass: 0.8–0.95× the restricted route at S = 8–10 (order-3 diagonal),
+        parity (0.94–1.1×) at S = 42, where the passes through the hidden layers dominate.
+
+        Pass costs depend on the order of ``groups``: list the subsets from input to output (as
+        :mod:`optimizers.partition` does), since rows then differentiate towards later layers;
+        the reversed order measured ~2× slower. Other exact routes measured slower on CPU: the
+        S row passes batched by ``is_grads_batched`` (vmap over the backward: 4× slower for the
+        order-2 rows at S = 8; an earlier measurement gave 60–100×), forward-over-reverse with
+        torch.func (H̄_s· = jvp along e_s of ∇_η φ, D^3_ss· = jvp of that, for each s: ~20×
+        slower), splitting each row into the entry with graph and the rest without (~10 %
+        slower). Memory: the graph of the forward pass and of ḡ plus one row graph per order.
+        No value is read back to the host.
 
     Example:
         A quadratic L(θ) = ½ θᵀAθ with two single-coordinate subsets has ḡ = Aθ ∘ u,
@@ -266,7 +281,7 @@ _LINEAR_IN_WEIGHT = (F.linear, F.conv1d, F.conv2d, F.conv3d)  # f(input, weight,
 
 
 class _SplitConstantInput(TorchFunctionMode):
-    """Inside it (``split_linear=True``): f(x, θ_W + η_s u_W, b) = f(x, θ_W, b) + η_s f(x, u_W)
+    """Inside it (``split_linear=True``): f(x, θ_W + η_s u_W, b) = f(x, θ_W) + η_s f(x, u_W) + b
     for f in :data:`_LINEAR_IN_WEIGHT` when x does not require grad (does not depend on η).
 
     The shifted tensors are recognised by identity (they are alive for the whole call). With
@@ -298,15 +313,21 @@ class _SplitConstantInput(TorchFunctionMode):
 
     @staticmethod
     def split(func, args, kwargs, theta: Tensor, eta: Tensor, unit: Tensor) -> Tensor:
-        """f(x, θ_W, bias, …) + η_s f(x, u_W, None, …) for ``func(x, weight, bias, …)``."""
+        """f(x, θ_W, None, …) + η_s f(x, u_W, None, …) + bias for ``func(x, weight, bias, …)``.
+
+        Both products are constants of the graph (neither input requires grad); the bias, which
+        may depend on η, is added on its own so that no pass goes back through the product.
+        """
         rest, no_bias = list(args[2:]), dict(kwargs)
         if rest:
-            rest[0] = None  # the bias enters once, in the first term
+            bias, rest[0] = rest[0], None
         else:
-            no_bias["bias"] = None
-        return func(args[0], theta, *args[2:], **kwargs) + eta * func(
-            args[0], unit, *rest, **no_bias
-        )
+            bias, no_bias["bias"] = no_bias.get("bias"), None
+        out = func(args[0], theta, *rest, **no_bias) + eta * func(args[0], unit, *rest, **no_bias)
+        if bias is None:
+            return out
+        channels = (-1,) if func is F.linear else (1, -1) + (1,) * (out.dim() - 2)
+        return out + bias.reshape(channels)
 
 
 class _preserved_buffers:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 
 import pytest
 import torch
@@ -123,9 +124,9 @@ def test_agreement_check_names_the_reference_that_disagrees(monkeypatch, tiny_pr
         dc.check_same_numbers(tiny_problem)
 
 
-def test_ratio_range_pairs_the_rounds_both_took_part_in():
-    assert dc.ratio_range([2.0, 6.0, 3.0], [1.0, 2.0, 1.0]) == [2.0, 3.0]
-    assert dc.ratio_range([8.0], [2.0, 4.0, 4.0]) == [4.0, 4.0]  # budget-limited: first round
+def test_paired_ratios_pair_the_rounds_both_took_part_in():
+    assert dc.paired_ratios([2.0, 6.0, 3.0], [1.0, 2.0, 1.0]) == [2.0, 3.0, 3.0]
+    assert dc.paired_ratios([8.0], [2.0, 4.0, 4.0]) == [4.0]  # budget-limited: first round
 
 
 def test_measure_reports_both_references_and_renders_them(tiny_problem):
@@ -141,9 +142,12 @@ def test_measure_reports_both_references_and_renders_them(tiny_problem):
         assert row["max_relative_difference_float64"] <= dc.TOLERANCE
     assert by_variant["restricted_order2"]["vs_reference"] == 1.0
     assert by_variant["unrestricted_order3_diag"]["vs_unrestricted"] == 1.0
-    ratio = by_variant["restricted_order3_diag"]["vs_unrestricted"]
-    seconds = {n: r["seconds"] for n, r in by_variant.items()}
-    assert ratio == seconds["restricted_order3_diag"] / seconds["unrestricted_order3_diag"]
+    row = by_variant["restricted_order3_diag"]
+    other = by_variant["unrestricted_order3_diag"]["samples_seconds"]
+    paired = [a / b for a, b in zip(row["samples_seconds"], other, strict=True)]
+    assert row["vs_unrestricted"] == statistics.median(paired)
+    assert row["vs_unrestricted_range"] == [min(paired), max(paired)]
+    assert row["rounds"] == len(row["samples_seconds"]) == 2
     assert by_variant["engine_order3_full"]["reference"] == "restricted_order3_diag"
     table = dc.markdown_table(rows)
     assert "× restricted reference" in table and "× unrestricted reference" in table

@@ -22,20 +22,23 @@ tanh on 3×32×32 (S = 10) and a deep MLP 3072-(256×20)-10 ELU (S = 42; the pap
 reduced for CPU). Partition: one subset per parameter tensor, input to output.
 
 Variants (:data:`ORDER_OF`), timed in one process by :func:`bench.studies.timer.interleaved`
-(round-robin, order reversed every other round, median over rounds): one plain gradient (forward
-+ backward, the unit), each reference at order 2 and at order 3 diagonal, and the engine at order
-2, order 3 diagonal and full order 3. Every variant is reported × the restricted reference of its
-order (order-3 variants: the order-3-diagonal one; there is no full-order-3 reference, it would
-take S² passes), with the range of the per-round ratios, and × the unrestricted one. A variant
-whose warm-up run is long for the per-variant budget is timed in fewer rounds; one whose warm-up
-alone exceeds the budget (full order 3 at S = 42) keeps it as its single sample. Peak memory
+(round-robin, order reversed every other round, 15 rounds): one plain gradient (forward +
+backward, the unit), each reference at order 2 and at order 3 diagonal, the engine at order 2,
+order 3 diagonal and full order 3, and its ``split_linear`` route at order 2 and order 3
+diagonal. Seconds are medians over rounds; ratios (gradient-equivalents, × a reference) are
+medians of the per-round ratios of two variants timed in the same rounds
+(:func:`paired_ratios`), reported with their range. Every variant is compared with the
+restricted reference of its order (order-3 variants: the order-3-diagonal one; there is no
+full-order-3 reference, it would take S² passes) and with the unrestricted one. A variant whose
+warm-up run is long for the per-variant budget is timed in fewer rounds; one whose warm-up alone
+exceeds the budget (full order 3 at S = 42) keeps it as its single sample. Peak memory
 (:mod:`bench.studies.memory`): the growth of the peak RSS of a fresh subprocess running the
 variant once, after building the problem.
 
 Threads: ``--threads`` (default 1). One thread is the reproducible setting: kernels do not
 compete with each other or with other jobs for cores, so ratios are stable on a shared machine.
 
-    python -m bench.studies.derivative_cost --out results/derivative_cost.json   # ~10 min
+    python -m bench.studies.derivative_cost --out results/derivative_cost.json   # ~11 min
     python -m bench.studies.derivative_cost --readme results/derivative_cost.json
 
 (``make derivative-cost`` runs the first; the second prints the README block of a stored result;
@@ -348,7 +351,8 @@ def readme_block(result: dict[str, object]) -> str:
     prov = result["provenance"]
     note = (
         f"Measured by `make derivative-cost` at commit "
-        f"`{str(prov.get('git_commit', 'unknown'))[:12]}` (that commit's command: "
+        f"`{str(prov.get('git_commit', 'unknown'))[:12]}`"
+        f"{' with uncommitted changes' if prov.get('git_dirty') else ''} (that commit's command: "
         f"`{result['command']}`) on {prov.get('cpu', 'unknown CPU')}, "
         f"{prov.get('threads')} thread(s), torch {prov.get('torch')}, batch "
         f"{result['settings']['batch_size']}; medians of interleaved rounds. "
@@ -360,34 +364,41 @@ def readme_block(result: dict[str, object]) -> str:
 def measure(
     problems: list[str], rounds: int, threads: int, with_memory: bool, budget_seconds: float
 ) -> list[dict[str, object]]:
-    """One row per (problem, variant): median seconds, gradient-equivalents, × the restricted
-    and × the unrestricted reference of its order (ratio of medians; the range of the per-round
-    ratios beside it), peak memory (``with_memory``) and the float64 agreement of the engine with
-    both references."""
+    """One row per (problem, variant): median seconds (and every sample), gradient-equivalents,
+    × the restricted and × the unrestricted reference of its order (medians of the per-round
+    ratios, with their range), peak memory (``with_memory``) and the float64 agreement of the
+    engine with both references."""
     torch.set_num_threads(threads)
     rows = []
     for problem in problems:
         error = check_same_numbers(problem)
         samples = interleaved(variants(problem), rounds, budget=budget_seconds)
-        seconds = {name: statistics.median(values) for name, values in samples.items()}
         subsets = len(partition.per_tensor(MODELS[problem][0]()))
         for variant, values in samples.items():
             reference, unrestricted = REFERENCE_OF[variant], UNRESTRICTED_OF[variant]
+            ratios = {
+                name: paired_ratios(values, samples[name])
+                for name in ("gradient", reference, unrestricted)
+            }
             peak = peak_memory_mb(problem, variant, threads) if with_memory else None
             rows.append(
                 {
                     "problem": problem,
                     "subsets": subsets,
                     "variant": variant,
-                    "seconds": seconds[variant],
+                    "seconds": statistics.median(values),
                     "rounds": len(values),
-                    "gradients": seconds[variant] / seconds["gradient"],
+                    "samples_seconds": values,
+                    "gradients": statistics.median(ratios["gradient"]),
                     "reference": reference,
-                    "vs_reference": seconds[variant] / seconds[reference],
-                    "vs_reference_range": ratio_range(values, samples[reference]),
+                    "vs_reference": statistics.median(ratios[reference]),
+                    "vs_reference_range": [min(ratios[reference]), max(ratios[reference])],
                     "unrestricted_reference": unrestricted,
-                    "vs_unrestricted": seconds[variant] / seconds[unrestricted],
-                    "vs_unrestricted_range": ratio_range(values, samples[unrestricted]),
+                    "vs_unrestricted": statistics.median(ratios[unrestricted]),
+                    "vs_unrestricted_range": [
+                        min(ratios[unrestricted]),
+                        max(ratios[unrestricted]),
+                    ],
                     "peak_memory_mb": peak,
                     "max_relative_difference_float64": error,
                 }
@@ -396,21 +407,21 @@ def measure(
     return rows
 
 
-def ratio_range(top: list[float], bottom: list[float]) -> list[float]:
-    """[min, max] of the per-round ratios top / bottom over the rounds both took part in.
+def paired_ratios(top: list[float], bottom: list[float]) -> list[float]:
+    """The per-round ratios top / bottom over the rounds both took part in.
 
     :func:`interleaved` with a budget times a variant in its *first* rounds only, so the first
     ``min(len(top), len(bottom))`` samples of both come from the same rounds (a variant kept at
-    its single warm-up sample is paired with the other's first round).
+    its single warm-up sample is paired with the other's first round). Ratios within a round
+    cancel most of a shared machine's slow-downs, which hit both alike.
     """
-    ratios = [a / b for a, b in zip(top, bottom, strict=False)]
-    return [min(ratios), max(ratios)]
+    return [a / b for a, b in zip(top, bottom, strict=False)]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/derivative_cost.json"))
-    parser.add_argument("--rounds", type=positive_int, default=7)
+    parser.add_argument("--rounds", type=positive_int, default=15)  # a shared machine: 7 was noisy
     parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     parser.add_argument("--budget", type=positive_float, default=20.0, help="seconds per variant")
     parser.add_argument("--problems", nargs="+", default=list(MODELS), choices=list(MODELS))
