@@ -670,7 +670,8 @@ def test_split_linear_order_four_and_diagonal(name, seed):
     got = _engine(s.loss_fn, s.params, groups, s.direction, 4, split_linear=True)
     expected = reference_derivatives(s.reference_loss_fn, s.params, groups, s.direction, 4)
     _compare(got, expected, f"split {name} (S={len(groups)})")
-    diagonal = _engine(s.loss_fn, s.params, groups, s.direction, 4, diagonal=True, split_linear=True)
+    options = {"diagonal": True, "split_linear": True}
+    diagonal = _engine(s.loss_fn, s.params, groups, s.direction, 4, **options)
     for d in (2, 3):
         expected_diagonal = torch.stack([expected[d][(k,) * (d + 1)] for k in range(len(groups))])
         assert relative_error(diagonal[d], expected_diagonal) <= TOL, f"order {d + 1}"
