@@ -11,7 +11,8 @@ read these names from here; nothing else spells them. One run directory
     of the optimizer's ``diagnostics()``, in
     order of first appearance (empty where a row lacks it). Our optimizers log ``diag/eta/<subset>``
     (η_s in use), ``diag/solver_status``, ``diag/condition_number``, ``diag/usable_solves`` and
-    ``diag/failed_solves`` (cumulative counts).
+    ``diag/failed_solves`` (cumulative counts), ``diag/flat_subsets`` (subsets dropped as
+    numerically flat at the last recomputation, optimizers.flatness).
 ``metrics.json``
     :func:`metrics_keys` (:data:`METRICS_KEYS` for an accuracy problem): the last epoch's values
     (at divergence when diverged: never back-filled), the hyperparameters and the provenance

@@ -5,8 +5,9 @@ registry's kfac, adahessian and shampoo entries wrap optional packages, imported
 optimizer is built: ``pip install 'hobench[baselines]'`` (tests/test_library_imports.py).
 """
 
-from . import partition
+from . import flatness, partition
 from .derivatives import functional_loss, num_passes, projected_derivatives
+from .flatness import projected_derivatives_with_flatness
 from .partitioned_newton import PartitionedNewton
 from .probe import LearningRateProbe
 from .subspace import SolverStatus, SubspaceStep, subspace_step
@@ -16,10 +17,12 @@ __all__ = [
     "PartitionedNewton",
     "SolverStatus",
     "SubspaceStep",
+    "flatness",
     "functional_loss",
     "num_passes",
     "partition",
     "projected_derivatives",
+    "projected_derivatives_with_flatness",
     "subspace_step",
 ]
 __version__ = "0.1.0"

@@ -451,6 +451,9 @@ class PartitionedNewtonOptimizer(TrainingOptimizer):
         # cumulative: recomputations that gave a step, and those that did not
         out["usable_solves"] = float(self.optimizer.usable_solves)
         out["failed_solves"] = float(self.optimizer.failed_solves)
+        flat = record.get("flat_subsets")
+        if flat is not None:  # subsets dropped as numerically flat at the last recomputation
+            out["flat_subsets"] = float(len(flat))
         return out
 
 
