@@ -97,15 +97,15 @@ def projected_derivatives(
           of H̄, S triple-backward passes on H̄_ss w.r.t. η_s alone for D^3_sss);
         * order d complete: Σ_{k<d} C(S+k−1, k) passes, C(S+d−2, d−1) at the last order.
 
-        Cost grows with S, never with P² or P³. Measured on CPU (batch 100, one thread, four
+        Cost grows with S, never with P² or P³. Measured on CPU (batch 100, one thread, five
         runs on a shared 2-core machine; bench/studies/derivative_cost.py,
-        results/derivative_cost.json) the order-3 diagonal costs about 7–8 gradient-equivalents
+        results/derivative_cost.json) the order-3 diagonal costs about 6–8 gradient-equivalents
         at S = 8 (MNIST MLP), 8–9 at S = 10 (LeNet-5) and 60–100 at S = 42 (20-layer MLP).
         Against the study's two references, reverse passes w.r.t. θ:
 
         * the restricted route of the paper's reference implementation (row s w.r.t. the
           parameters of the subsets t ≥ s, D^3_sss w.r.t. subset s): **at parity, no gain**
-          (0.95–1.2× at order-3 diagonal, 0.8–1.2× at order 2). The engine makes the same
+          (0.9–1.2× at order-3 diagonal, 0.8–1.2× at order 2). The engine makes the same
           passes; its scalar leaves give it the restriction without bookkeeping, not fewer
           operations;
         * the unrestricted route (every pass w.r.t. all of θ): 0.4–0.75×, which is what the
