@@ -215,8 +215,11 @@ def render(params_path: str | Path, root: str | Path | None = None) -> str:
         else:
             stages[name] = stage
     document["stages"] = stages
-    if wdir is not None:  # top-level plots are relative to the dvc.yaml, not to a stage's wdir
-        document["plots"] = [f"{wdir}/{plot}" for plot in document.get("plots", [])]
+    if wdir is not None:
+        # `dvc plots show` reads every pipeline's plots, and a profile not run here (paper) would
+        # make it fail to load them: a profile's figures are shown by path instead
+        # (`dvc plots show reports/<profile>/figures`), the default's are declared
+        document.pop("plots", None)
     make = "" if params == layout.DEFAULT_PARAMS else f" PROFILE={params_path.stem}"
     body = yaml.safe_dump(document, sort_keys=False, width=100, default_flow_style=False)
     return HEADER.format(params=params, make=make) + body
