@@ -9,7 +9,7 @@ PIP_INSTALL := $(PIP) install --quiet --constraint constraints.txt
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: pipeline status compare readme step-cost venv test test-all bench lint format repro derivative-cost perf-check perf-baseline check-env clean
+.PHONY: pipeline status compare readme step-cost venv test test-all bench lint format repro derivative-cost perf-check perf-baseline perf-baseline-add check-env clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -85,6 +85,10 @@ perf-check: venv
 
 perf-baseline: venv
 	$(PY) -m bench.studies.perf_check --update-baseline
+
+## Record a newly gated figure in the baseline without moving the recorded ones.
+perf-baseline-add: venv
+	$(PY) -m bench.studies.perf_check --add-missing
 
 ## Regression gate (exit 1 on a regression): make compare BASE=<git revision or summary.csv> [CURRENT=...] [ARGS=--md]
 compare: venv
