@@ -12,9 +12,10 @@ the update. The subclasses here adapt each optimizer of the registry:
   z ⊙ (∇²L z) (pytorch-optimizer's AdaHessian). The probes come from a private random stream
   kept in the state dict, so a resumed run draws the same probes as an uninterrupted one.
 - :class:`KfacOptimizer` wraps ASDL's ``KfacGradientMaker`` (K-FAC: the gradient of each
-  Linear/Conv2d layer is preconditioned by (A ⊗ B + damping)⁻¹, A = E[a aᵀ] over layer
+  Linear/Conv2d/Embedding layer is preconditioned by (A ⊗ B + damping)⁻¹, A = E[a aᵀ] over layer
   inputs, B = E[g gᵀ] over output gradients with targets sampled from the model (Monte-Carlo
-  Fisher)) followed by ``torch.optim.SGD`` with momentum.
+  Fisher); BatchNorm and LayerNorm unit-wise) followed by ``torch.optim.SGD`` with momentum;
+  :class:`KfacCoverage` says which parameters it preconditions on a given model.
 - :class:`PartitionedNewtonOptimizer` wraps ours (``optimizers.PartitionedNewton``) and feeds
   it the curvature batch.
 
@@ -41,6 +42,7 @@ import math
 import types
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -60,6 +62,7 @@ __all__ = [
     "Batch",
     "Criterion",
     "HutchinsonOptimizer",
+    "KfacCoverage",
     "KfacOptimizer",
     "MissingDependencyError",
     "PartitionedNewtonOptimizer",
@@ -241,13 +244,44 @@ class HutchinsonOptimizer(TrainingOptimizer):
         self._stream.state = state["rng_state"].clone()
 
 
+@dataclass(frozen=True)
+class KfacCoverage:
+    """Which trainable parameters K-FAC preconditions (:attr:`KfacOptimizer.coverage`).
+
+    ASDL preconditions the weight and bias of the leaf modules of the classes it supports
+    (``KfacGradientMaker``: Linear, Conv2d and Embedding by Kronecker factors B⁻¹ G A⁻¹;
+    BatchNorm1d/2d and LayerNorm unit-wise, one damped 2×2 Fisher block per channel over its
+    (weight, bias) pair). Every other trainable parameter takes a plain momentum-SGD step on
+    its gradient: a module of another class (Conv1d, GroupNorm, PReLU, ...) and a parameter
+    owned directly by a module that has children (a bare ``nn.Parameter`` of a model class).
+
+    Fields are parameter names as ``model.named_parameters()`` gives them, in that order.
+    """
+
+    kronecker: tuple[str, ...]  # preconditioned by Kronecker factors (A ⊗ B + damping)⁻¹
+    unit_wise: tuple[str, ...]  # preconditioned by a 2×2 block per unit (BatchNorm, LayerNorm)
+    plain: tuple[str, ...]  # plain momentum-SGD steps (not preconditioned)
+    module_types: Mapping[str, str]  # every trainable parameter → its module's class name
+
+    @property
+    def preconditioned(self) -> tuple[str, ...]:
+        """The preconditioned parameters (Kronecker or unit-wise), in model order."""
+        chosen = set(self.kronecker) | set(self.unit_wise)
+        return tuple(name for name in self.module_types if name in chosen)
+
+    def types_of(self, names: tuple[str, ...]) -> list[str]:
+        """The distinct module class names of ``names``, in order of first appearance."""
+        return list(dict.fromkeys(self.module_types[name] for name in names))
+
+
 class KfacOptimizer(TrainingOptimizer):
     """K-FAC from ASDL (``asdl.KfacGradientMaker``) followed by SGD with momentum.
 
     Every step t (counted from 0):
         if t % curvature_update_every == 0:  A_l, B_l ← (1−ρ) A_l + ρ Â_l,  (1−ρ) B_l + ρ B̂_l
         if t % inverse_update_every == 0:    A_l⁻¹, B_l⁻¹ ← (A_l + π_l √δ I)⁻¹, (B_l + √δ/π_l I)⁻¹
-        grad_l ← B_l⁻¹ grad_l A_l⁻¹          (Linear, Conv2d; LayerNorm/BatchNorm: unit-wise)
+        grad_l ← B_l⁻¹ grad_l A_l⁻¹          (Linear, Conv2d, Embedding; LayerNorm/BatchNorm:
+                                              unit-wise; any other parameter: not at all)
         SGD step with momentum and weight decay on the preconditioned gradient
     where Â_l, B̂_l are the batch estimates (B̂ from one target sampled from the model's
     predictive distribution: the Monte-Carlo Fisher), ρ = ``statistics_decay``, δ = ``damping``
@@ -269,6 +303,7 @@ class KfacOptimizer(TrainingOptimizer):
     The gradient is rescaled by nothing else (no KL clipping). Weight decay is added after
     preconditioning (by SGD). Cost: a curvature step runs one extra backward for the sampled
     targets; an inverse step inverts two matrices per layer (fan_in+1 and fan_out wide).
+    :attr:`coverage` lists the parameters preconditioned and those left to plain momentum SGD.
     """
 
     def __init__(
@@ -336,6 +371,32 @@ class KfacOptimizer(TrainingOptimizer):
 
     def _layers(self) -> list[tuple[str, nn.Module]]:
         return [(n.replace("/", "."), m) for n, m in self.grad_maker.named_modules_for_curvature]
+
+    @property
+    def coverage(self) -> KfacCoverage:
+        """Which trainable parameters ASDL preconditions and which take plain momentum-SGD steps
+        (:class:`KfacCoverage`), read from ASDL's own assignment of a Fisher shape to each
+        module (``named_modules_for_curvature``, ``shape_for``); reads, never changes, a thing."""
+        maker = self.grad_maker
+        shape_of: dict[int, str] = {}  # id(parameter) → ASDL's shape name of its module
+        for _, module in maker.named_modules_for_curvature:
+            for tensor in (getattr(module, "weight", None), getattr(module, "bias", None)):
+                if isinstance(tensor, Tensor) and tensor.requires_grad:
+                    shape_of[id(tensor)] = str(maker.shape_for[module])
+        owner: dict[int, str] = {}
+        for module in self.model.modules():
+            for tensor in module.parameters(recurse=False):
+                owner.setdefault(id(tensor), type(module).__name__)
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        unit = [shape_of.get(id(p)) == "unit_wise" for _, p in trainable]
+        return KfacCoverage(
+            kronecker=tuple(
+                n for (n, p), u in zip(trainable, unit, strict=True) if id(p) in shape_of and not u
+            ),
+            unit_wise=tuple(n for (n, _), u in zip(trainable, unit, strict=True) if u),
+            plain=tuple(n for n, p in trainable if id(p) not in shape_of),
+            module_types={n: owner[id(p)] for n, p in trainable},
+        )
 
     def _has_curvature(self) -> bool:
         attr = self.grad_maker.fisher_maker.config.fisher_attr

@@ -9,6 +9,9 @@ update schedule, and that training a small conv net and an MLP lowers the loss.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -226,3 +229,108 @@ def test_kfac_rejects_bad_settings_and_unsupported_criteria():
 def _full_loss(model, x, y) -> float:
     with torch.no_grad():
         return float(F.cross_entropy(model(x), y))
+
+
+# ----------------------------------------------------------------------------- coverage
+class _Mixed(nn.Module):
+    """Modules ASDL preconditions (Embedding, LayerNorm, Linear) beside ones it does not (a
+    bare parameter of a module with children, Conv1d, GroupNorm, PReLU)."""
+
+    def __init__(self, vocabulary=7, width=4, classes=5):
+        super().__init__()
+        self.embedding = nn.Embedding(vocabulary, width)
+        self.scale = nn.Parameter(torch.ones(width))
+        self.conv = nn.Conv1d(width, width, 3, padding=1)
+        self.group_norm = nn.GroupNorm(2, width)
+        self.layer_norm = nn.LayerNorm(width)
+        self.prelu = nn.PReLU()
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, tokens):
+        h = self.embedding(tokens) * self.scale  # [B, T, width]
+        h = self.group_norm(self.conv(h.transpose(1, 2))).transpose(1, 2)
+        return self.head(self.prelu(self.layer_norm(h)).mean(dim=1))
+
+
+class _ConvBatchNorm(nn.Sequential):
+    def __init__(self):
+        super().__init__(
+            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+            nn.Linear(4 * 8 * 8, 10),
+        )  # fmt: skip
+
+
+def _kfac(model, seed):
+    """K-FAC at lr 0 without momentum (a step leaves the preconditioned gradient in .grad);
+    ASDL warns about each module class it does not support."""
+    hyperparameters = {"lr": 0.0, "momentum": 0.0, "weight_decay": 0.0, "seed": seed}
+    unsupported = isinstance(model, _Mixed)
+    with pytest.warns(UserWarning, match="does not support") if unsupported else _no_warning():
+        return make("kfac", model, hyperparameters)
+
+
+_no_warning = contextlib.nullcontext
+
+
+def test_coverage_names_the_preconditioned_parameters_and_the_plain_ones(seed):
+    torch.manual_seed(seed)
+    coverage = _kfac(_Mixed(), seed).coverage
+    assert coverage.kronecker == ("embedding.weight", "head.weight", "head.bias")
+    assert coverage.unit_wise == ("layer_norm.weight", "layer_norm.bias")
+    assert coverage.plain == (
+        "scale", "conv.weight", "conv.bias", "group_norm.weight", "group_norm.bias",
+        "prelu.weight",
+    )  # fmt: skip
+    assert coverage.preconditioned == (
+        "embedding.weight", "layer_norm.weight", "layer_norm.bias", "head.weight", "head.bias",
+    )  # fmt: skip
+    assert coverage.module_types["scale"] == "_Mixed"
+    assert coverage.types_of(coverage.plain) == ["_Mixed", "Conv1d", "GroupNorm", "PReLU"]
+    conv_bn = _kfac(_ConvBatchNorm(), seed).coverage
+    assert conv_bn.kronecker == ("0.weight", "0.bias", "4.weight", "4.bias")
+    assert conv_bn.unit_wise == ("1.weight", "1.bias") and conv_bn.plain == ()
+    assert _kfac(_mlp(seed).float(), seed).coverage.plain == ()
+
+
+@pytest.mark.parametrize("model_class", [_Mixed, _ConvBatchNorm])
+def test_coverage_agrees_with_what_the_step_does_to_each_gradient(seed, model_class):
+    """After one step (lr 0, no momentum), the gradient of a parameter listed as plain is the
+    autograd gradient of the batch loss, unchanged; every preconditioned one differs from it.
+    (float32: ASDL's Embedding factor is float32 whatever the model's dtype.)"""
+    torch.manual_seed(seed)
+    model = model_class()
+    reference = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    if model_class is _Mixed:
+        x = torch.randint(0, 7, (6, 5), generator=g)
+    else:
+        x = torch.randn(6, 1, 8, 8, generator=g)
+    y = torch.randint(0, 5, (6,), generator=g)
+    F.cross_entropy(reference(x), y).backward()
+    optimizer = _kfac(model, seed)
+    optimizer.step((x, y))
+    expected = dict(reference.named_parameters())
+    coverage = optimizer.coverage
+    for name, parameter in model.named_parameters():
+        plain = expected[name].grad
+        if name in coverage.plain:
+            torch.testing.assert_close(parameter.grad, plain, msg=name)
+        else:
+            change = torch.linalg.norm(parameter.grad - plain) / torch.linalg.norm(plain)
+            assert name in coverage.preconditioned and change > 1e-2, (name, float(change))
+
+
+def test_reading_coverage_changes_no_step(seed):
+    """Two optimizers on one start, one asked for its coverage between steps: same weights."""
+    torch.manual_seed(seed)
+    first = _ConvBatchNorm()
+    second = copy.deepcopy(first)
+    optimizers = [make("kfac", m, {"lr": 0.05, "seed": seed}) for m in (first, second)]
+    g = torch.Generator().manual_seed(seed + 1)
+    for _ in range(3):
+        batch = (torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g))
+        assert optimizers[0].coverage.plain == ()
+        for optimizer in optimizers:
+            optimizer.step(batch)
+    for a, b in zip(first.parameters(), second.parameters(), strict=True):
+        assert torch.equal(a, b)
