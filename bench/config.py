@@ -234,10 +234,14 @@ class RuntimeConfig(_Section):
 
     progress: bool  # tqdm bars on stderr (also off when stderr is not a TTY)
     checkpoint_dir: str  # resumable state, outside the DVC outs
+    # may be omitted: processes a train cell runs its seeds in, and a tune cell its grid points
+    # (each run is a function of its seed alone: the results do not depend on it)
+    workers: int = 1
 
     def check(self) -> None:
         if not self.checkpoint_dir:
             raise FieldError("checkpoint_dir", "expected a directory, got ''")
+        _bounded("workers", self.workers, THREADS_MAX)
 
 
 @dataclass(frozen=True)
@@ -410,9 +414,16 @@ class ProblemSettings(_Section):
     batch_size: int | None = None
     curvature_batch_size: int | None = None
     partition: str | None = None
+    # the first n examples of the training split (None: all of it); validation and test
+    # splits are never cut, so every problem is scored on the same examples as before
+    train_size: int | None = None
 
     def check(self) -> None:
         _bounded("epochs", self.epochs, EPOCHS_MAX)
+        if self.train_size is not None and self.train_size < MIN_EXAMPLES:
+            raise FieldError(
+                "train_size", f"expected null or at least {MIN_EXAMPLES}, got {self.train_size!r}"
+            )
         _bounded("batch_size", self.batch_size, BATCH_MAX)
         _bounded("curvature_batch_size", self.curvature_batch_size, BATCH_MAX)
         name = self.partition
@@ -505,6 +516,7 @@ class Config(_Section):
 
 # Sections whose keys may be left out (their dataclasses have defaults), and top-level keys.
 OMISSIBLE = (OptimizerConfig, AggregateConfig, RegisterConfig, CompareConfig, ProblemSettings)
+OMISSIBLE_KEYS = {(RuntimeConfig, "workers")}  # keys added later: older params files lack them
 OPTIONAL_TOP_LEVEL = ("plugins", "compare", "problem_settings")
 # Keys that moved: an old params file gets told where they went.
 MOVED = {"train.progress": "runtime.progress", "train.checkpoint_dir": "runtime.checkpoint_dir"}
@@ -604,7 +616,11 @@ class _Validator:
         for name in fields:
             if name in value:
                 arguments[name] = self.value(hints[name], value[name], f"{prefix}{name}")
-            elif cls not in OMISSIBLE and name not in OPTIONAL_TOP_LEVEL:
+            elif (
+                cls not in OMISSIBLE
+                and name not in OPTIONAL_TOP_LEVEL
+                and (cls, name) not in OMISSIBLE_KEYS
+            ):
                 self.fail(f"{prefix}{name}", "missing required key")
         try:
             return cls(**arguments)

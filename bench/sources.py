@@ -105,9 +105,30 @@ def imported_modules(path: Path, module: str, root: Path) -> set[str]:
     return {name for name in found if _project_top_level(name, root)}
 
 
+# import_closure's results in this process: (module, root) → (files, their mtimes). A train cell
+# asks for the same closure once per seed; parsing ~100 files costs ~2 s on a loaded machine.
+_CLOSURES: dict[tuple[str, Path], tuple[frozenset[Path], tuple[int, ...]]] = {}
+
+
+def _mtimes(files: frozenset[Path]) -> tuple[int, ...]:
+    return tuple(p.stat().st_mtime_ns if p.exists() else -1 for p in sorted(files))
+
+
 def import_closure(module: str, root: str | Path) -> set[Path]:
-    """Files of ``module`` and of every tracked module it imports, transitively (see above)."""
+    """Files of ``module`` and of every tracked module it imports, transitively (see above).
+
+    Remembered per process, and recomputed when one of the files it found has changed since
+    (a new import can only enter through a changed file)."""
     root = Path(root).resolve()
+    cached = _CLOSURES.get((module, root))
+    if cached is not None and _mtimes(cached[0]) == cached[1]:
+        return set(cached[0])
+    files = frozenset(_closure(module, root))
+    _CLOSURES[(module, root)] = (files, _mtimes(files))
+    return set(files)
+
+
+def _closure(module: str, root: Path) -> set[Path]:
     seen: dict[Path, str] = {}
     pending = [module]
     while pending:

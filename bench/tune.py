@@ -16,7 +16,9 @@ from bench.training.tuning import tune_cell
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, config = cell_arguments(__doc__.splitlines()[0], argv, seed=False)
-    output = tune_cell(config, args.problem, args.optimizer, results=args.results)
+    output = tune_cell(
+        config, args.problem, args.optimizer, results=args.results, params=args.params
+    )
     losses = ", ".join(f"lr {r['lr']:g}: {r['valid_loss']:.4g}" for r in output["grid"])
     print(f"tune {args.problem}/{args.optimizer}: best {output['best']} ({losses})")
     return 0

@@ -91,9 +91,8 @@ def test_a_sabotaged_user_optimizer_is_rerun_alone_and_fails_compare(tmp_path):
     module.write_text(sabotaged)
     stale = set(json.loads(_run([dvc, "status", PIPELINE, "--json"], repo, env)))
     cells = {f"{PIPELINE}:{name}" for name in (
-        "validate", "tune-sign_sgd@digits_mlp", "train-sign_sgd@digits_mlp-0",
-        "train-sign_sgd@digits_mlp-1", "train-sign_sgd@digits_mlp-2", "invariance@digits_mlp",
-        "timing",
+        "validate", "tune-sign_sgd@digits_mlp", "train-sign_sgd@digits_mlp",
+        "invariance@digits_mlp", "timing",
     )}  # fmt: skip
     assert stale == cells, stale
     log = _run(_make("repro", "PROFILE=ci"), repo, env)

@@ -757,7 +757,7 @@ def test_params_problem_settings_override_the_problems_budget_and_partition(tiny
     cell = {"problem": "tinytext_transformer", "optimizer": "sgd"}
     assert "problem_settings.tinytext_transformer" not in cell_params(config, cell, "cpu")
     assert cell_params(overridden, cell, "cpu")["problem_settings.tinytext_transformer"] == {
-        "curvature_batch_size": None, **own,
+        "curvature_batch_size": None, "train_size": None, **own,
     }  # fmt: skip
     tuned = tune_cell(overridden, "tinytext_transformer", "partitioned_newton", results=results)
     assert tuned["best"]["partition"] == "single" and tuned["epochs"] == 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,27 @@ def run_settings(config: Config, problem: Any, device: str, *, epochs: int | Non
 def file_digest(path: Path) -> str:
     """SHA-256 (16 hex digits) of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def problem_splits(config: Config, problem: Any, data_path: Path) -> Any:
+    """The prepared splits of ``problem``'s data set (:func:`bench.data.load_splits`), its
+    training split cut to its first ``problem_settings.<problem>.train_size`` examples when
+    set (they are in shuffled order: :func:`bench.data.load_arrays`); validation and test
+    splits whole. ConfigError when the training split has fewer examples than that."""
+    from bench.config import ConfigError
+    from bench.data import load_splits
+
+    splits = load_splits(data_path)
+    size = config.settings_of(problem.name).train_size
+    if size is None:
+        return splits
+    available = len(splits.y_train)
+    if size > available:
+        raise ConfigError(
+            f"problem_settings.{problem.name}.train_size: {size} exceeds the {available} "
+            f"training examples of {splits.name}"
+        )
+    return dataclasses.replace(splits, x_train=splits.x_train[:size], y_train=splits.y_train[:size])
 
 
 def check_cell(config: Config, problem: str, optimizer: str, seed: int | None = None) -> None:
@@ -160,7 +182,6 @@ def train_cell(
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Train one cell and write its run directory; return its metrics."""
-    from bench.data import load_splits
     from bench.problems import get_problem
 
     check_cell(config, problem_name, optimizer_name, seed)
@@ -169,7 +190,7 @@ def train_cell(
     tuned = read_tuned(config, problem_name, optimizer_name, results)
     hyperparameters = cell_hyperparameters(config, problem, optimizer_name, tuned)
     data_path = config.data_path(problem.dataset, results)
-    splits = load_splits(data_path)
+    splits = problem_splits(config, problem, data_path)
     device = resolve_device(config.device)
     probe = optimizer_name in config.train.probe.optimizers
     settings = run_settings(config, problem, device, probe=probe)
@@ -208,11 +229,58 @@ def train_cell(
     return metrics
 
 
+def _train_in_worker(
+    params: str, problem: str, optimizer: str, seed: int, results: str
+) -> dict[str, Any]:
+    """:func:`train_cell` in a worker process (:mod:`bench.training.workers`), which reads the
+    params file itself (its plugins and registered optimizers included)."""
+    from bench.config import load_pipeline_config
+
+    config = load_pipeline_config(params)
+    return train_cell(config, problem, optimizer, seed, results=results)
+
+
+def train_seeds(
+    config: Config,
+    problem: str,
+    optimizer: str,
+    seeds: Sequence[int],
+    *,
+    params: str | Path,
+    results: str | Path = "results",
+) -> list[dict[str, Any]]:
+    """:func:`train_cell` for each of ``seeds`` (the metrics, in that order), in up to
+    ``runtime.workers`` processes; each seed's run directory is written as soon as it is done.
+
+    Over the whole of params ``seeds`` (the train stage's cell), the seed directories of the
+    cell that are no longer in params are removed afterwards: the cell's DVC output is then
+    exactly its seeds' runs."""
+    from bench.training.workers import run_pieces
+
+    for seed in seeds:
+        check_cell(config, problem, optimizer, seed)
+    if min(config.runtime.workers, len(seeds)) <= 1:
+        metrics = [train_cell(config, problem, optimizer, s, results=results) for s in seeds]
+    else:
+        pieces = [(str(params), problem, optimizer, s, str(results)) for s in seeds]
+        metrics = run_pieces(
+            _train_in_worker, pieces, workers=config.runtime.workers,
+            threads=config.train.threads, deterministic=config.train.deterministic,
+        )  # fmt: skip
+    if set(seeds) == set(config.seeds):
+        cell = config.run_dir(problem, optimizer, seeds[0], results).parent
+        for folder in cell.iterdir():
+            if folder.is_dir() and folder.name.isdigit() and int(folder.name) not in seeds:
+                shutil.rmtree(folder)
+    return metrics
+
+
 def cell_arguments(
     description: str, argv: Sequence[str] | None, *, seed: bool
 ) -> tuple[argparse.Namespace, Config]:
-    """The command line of a per-cell stage (train: with ``--seed``; tune: without), its
-    validated config, the cell checked and torch set up (threads, determinism) from the config."""
+    """The command line of a per-cell stage (train: with an optional ``--seed``, None when
+    omitted: every seed of params; tune: without), its validated config, the cell checked and
+    torch set up (threads, determinism) from the config."""
     from bench.cli import stage_config, stage_parser
     from bench.training.runs import setup_torch
 
@@ -220,7 +288,9 @@ def cell_arguments(
     parser.add_argument("--problem", required=True)
     parser.add_argument("--optimizer", required=True)
     if seed:
-        parser.add_argument("--seed", type=int, required=True)
+        parser.add_argument(
+            "--seed", type=int, default=None, help="one seed of params seeds (default: all)"
+        )
     args = parser.parse_args(argv)
     config = stage_config(args)
     check_cell(config, args.problem, args.optimizer, args.seed if seed else None)

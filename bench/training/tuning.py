@@ -34,10 +34,12 @@ from bench.training.cells import (
     cell_params,
     check_cell,
     file_digest,
+    problem_splits,
     run_settings,
 )
 from bench.training.loop import run_training
 from bench.training.runs import build_run, takes_problem_partition
+from bench.training.workers import run_pieces
 
 PROTOCOL = (
     "Learning rate tuned per (problem, optimizer) on the validation split with one seed "
@@ -145,28 +147,70 @@ def grid_row(problem: Any, optimizer_name: str, point: dict[str, Any], axes: dic
     }
 
 
-def tune_cell(
-    config: Config, problem_name: str, optimizer_name: str, *, results: str | Path = "results"
-) -> dict[str, Any]:
-    """Run the grid of one (problem, optimizer) cell, write its JSON and return it."""
-    from bench.data import load_splits
+def _grid_inputs(config: Config, problem_name: str, results: Path) -> tuple[Any, ...]:
+    """(problem, its splits, the data file, the device, the training and the tuning epochs, the
+    tuning run settings) of a tune cell."""
     from bench.problems import get_problem
 
-    check_cell(config, problem_name, optimizer_name)
-    results = Path(results)
     problem = get_problem(problem_name)
     data_path = config.data_path(problem.dataset, results)
-    splits = load_splits(data_path)
+    splits = problem_splits(config, problem, data_path)
     device = resolve_device(config.device)
     train_epochs = run_settings(config, problem, device).epochs
     settings = run_settings(config, problem, device, epochs=tune_epochs(config, train_epochs))
+    return problem, splits, data_path, device, train_epochs, settings
+
+
+def _grid_row_in_worker(
+    params: str, problem_name: str, optimizer_name: str, index: int, results: str
+) -> dict[str, Any]:
+    """Point ``index`` of a tune cell's grid, in a worker process
+    (:mod:`bench.training.workers`), which reads the params file itself."""
+    from bench.config import load_pipeline_config
+
+    config = load_pipeline_config(params)
+    problem, splits, _, device, _, settings = _grid_inputs(config, problem_name, Path(results))
+    point = grid_points(config, optimizer_name, problem)[index]
+    axes = search_grid(config, optimizer_name)
+    return grid_row(
+        problem, optimizer_name, point, axes, splits, settings, seed=config.tune.seed, device=device
+    )
+
+
+def tune_cell(
+    config: Config,
+    problem_name: str,
+    optimizer_name: str,
+    *,
+    results: str | Path = "results",
+    params: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run the grid of one (problem, optimizer) cell, write its JSON and return it.
+
+    With ``runtime.workers`` > 1 the grid points run in that many processes, which read the
+    params file ``params`` (without it, this process runs them all); the rows are the same
+    (each point is a function of the tuning seed and its hyperparameters alone)."""
+    check_cell(config, problem_name, optimizer_name)
+    results = Path(results)
+    problem, splits, data_path, device, train_epochs, settings = _grid_inputs(
+        config, problem_name, results
+    )
     axes = search_grid(config, optimizer_name)
     points = grid_points(config, optimizer_name, problem)
     seed = config.tune.seed
-    rows = [
-        grid_row(problem, optimizer_name, point, axes, splits, settings, seed=seed, device=device)
-        for point in points
-    ]
+    if params is None or min(config.runtime.workers, len(points)) <= 1:
+        rows = [
+            grid_row(problem, optimizer_name, p, axes, splits, settings, seed=seed, device=device)
+            for p in points
+        ]
+    else:
+        pieces = [
+            (str(params), problem_name, optimizer_name, i, str(results)) for i in range(len(points))
+        ]
+        rows = run_pieces(
+            _grid_row_in_worker, pieces, workers=config.runtime.workers,
+            threads=config.train.threads, deterministic=config.train.deterministic,
+        )  # fmt: skip
     chosen, all_diverged = choose(rows)
     protocol = PROTOCOL.format(
         seed=seed,
