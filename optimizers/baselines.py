@@ -262,6 +262,7 @@ class KfacCoverage:
     unit_wise: tuple[str, ...]  # preconditioned by a 2×2 block per unit (BatchNorm, LayerNorm)
     plain: tuple[str, ...]  # plain momentum-SGD steps (not preconditioned)
     module_types: Mapping[str, str]  # every trainable parameter → its module's class name
+    sizes: Mapping[str, int]  # every trainable parameter → its number of entries
 
     @property
     def preconditioned(self) -> tuple[str, ...]:
@@ -396,6 +397,7 @@ class KfacOptimizer(TrainingOptimizer):
             unit_wise=tuple(n for (n, _), u in zip(trainable, unit, strict=True) if u),
             plain=tuple(n for n, p in trainable if id(p) not in shape_of),
             module_types={n: owner[id(p)] for n, p in trainable},
+            sizes={n: p.numel() for n, p in trainable},
         )
 
     def _has_curvature(self) -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,91 @@ OURS = ("partitioned_newton", "partitioned_newton_diag", "partitioned_newton_ord
 LM_PROBLEM = "tinylm_transformer"  # a language model's results (perplexity), register_lm_problem
 LM_LAYOUT = {LM_PROBLEM: OPTIMIZERS}
 MIXED_LAYOUT = {"digits_mlp": OPTIMIZERS, LM_PROBLEM: OPTIMIZERS}
+
+# The default grid of issue 12: an MLP, LeNet-5, a BatchNorm residual CNN and a character-level
+# transformer (perplexity), four optimizers (no variant of ours), five seeds.
+GRID_LM = "pytopics_chartransformer"
+GRID_PROBLEMS = ("digits_mlp", "mnist5k_lenet5", "mnist5k_bnresnet", GRID_LM)
+GRID_OPTIMIZERS = ("sgd", "adam", "kfac", "partitioned_newton")
+GRID_LAYOUT = {problem: GRID_OPTIMIZERS for problem in GRID_PROBLEMS}
+GRID_SEEDS = (0, 1, 2, 3, 4)
+# Ours trains fastest on the MLP and LeNet, is beaten by K-FAC on the BatchNorm CNN (where K-FAC
+# overfits: the best test accuracy is Adam's) and by Adam on the transformer (a negative result).
+GRID_RATES = {
+    ("digits_mlp", "partitioned_newton"): 0.9,
+    ("mnist5k_lenet5", "partitioned_newton"): 0.7,
+    ("mnist5k_bnresnet", "kfac"): 1.0,
+    ("mnist5k_bnresnet", "partitioned_newton"): 0.6,
+    (GRID_LM, "adam"): 0.7,
+    (GRID_LM, "partitioned_newton"): 0.15,
+    (GRID_LM, "kfac"): 0.45,
+}  # fmt: skip  (the others: RATE's)
+GRID_GAPS = {("mnist5k_bnresnet", "kfac"): 0.25}
+GRID_DIVERGED = (("mnist5k_bnresnet", "partitioned_newton", 3, 2, math.nan),)
+GRID_SECONDS = {"mnist5k_lenet5": 4.0, "mnist5k_bnresnet": 12.0, GRID_LM: 20.0}
+# Ours' subsets: one per tensor, one per module on the transformer (its problem's partition):
+# the parameter names of the registered models, written out here.
+_BLOCK = ("ln1", "attn.qkv", "attn.proj", "ln2", "mlp.0", "mlp.2")
+_RESNET_BLOCK = ("conv1", "bn1", "conv2", "bn2")
+GRID_SUBSETS = {
+    "digits_mlp": tuple(f"{i}.{p}" for i in (1, 3, 5) for p in ("weight", "bias")),
+    "mnist5k_lenet5": tuple(f"{i}.{p}" for i in (0, 3, 7, 9, 11) for p in ("weight", "bias")),
+    "mnist5k_bnresnet": tuple(
+        f"{m}.{p}"
+        for m in (
+            "0",
+            "1",
+            *(f"{b}.{x}" for b in (3, 4) for x in _RESNET_BLOCK),
+            "4.shortcut.0",
+            "4.shortcut.1",
+            "7",
+        )
+        for p in ("weight", "bias")
+    ),  # fmt: skip
+    GRID_LM: tuple(
+        "+".join(
+            f"{m}.{p}" for p in (("weight",) if m in ("token", "position") else ("weight", "bias"))
+        )
+        for m in (
+            "token",
+            "position",
+            *(f"blocks.{b}.{x}" for b in (0, 1) for x in _BLOCK),
+            "ln",
+            "head",
+        )
+    ),  # fmt: skip
+}
+_PROBE_CYCLE = tuple(PROBE_ETA.values())  # under, right, over, over
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Per-cell shape of the synthetic runs: decay rates, generalisation gaps and the time scale
+    of each problem, ours' subsets per problem (default: :data:`SUBSETS` and RATE's rates)."""
+
+    rates: dict[tuple[str, str], float] = field(default_factory=dict)
+    gaps: dict[tuple[str, str], float] = field(default_factory=dict)
+    subsets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def of(self, problem: str, optimizer: str) -> dict:
+        return {
+            "rate": self.rates.get((problem, optimizer)),
+            "gap": self.gaps.get((problem, optimizer), 0.0),
+            "subsets": self.subsets.get(problem, SUBSETS),
+            "seconds_scale": self.seconds.get(problem, 1.0),
+        }
+
+    def probe(self, problem: str) -> dict[str, float]:
+        """The probe's η*_s per subset: :data:`PROBE_ETA`, or its four values cycled over the
+        problem's subsets."""
+        if problem not in self.subsets:
+            return PROBE_ETA
+        names = self.subsets[problem]
+        return {s: _PROBE_CYCLE[i % len(_PROBE_CYCLE)] for i, s in enumerate(names)}
+
+
+GRID_SHAPE = Shape(GRID_RATES, GRID_GAPS, GRID_SUBSETS, GRID_SECONDS)
 
 
 def register_lm_problem(monkeypatch):
@@ -100,24 +186,32 @@ def make_history(
     diverge_at: int | None = None,
     diverged_value: float = math.nan,
     perplexity: bool = False,
+    rate: float | None = None,
+    gap: float = 0.0,
+    subsets: tuple[str, ...] = SUBSETS,
+    seconds_scale: float = 1.0,
 ) -> pd.DataFrame:
     """history.csv rows for epochs 0..epochs (cut at ``diverge_at``, whose loss is non-finite);
     with ``perplexity``, a language model's: ``test_perplexity`` = exp(test loss) in place of
-    ``test_accuracy``."""
+    ``test_accuracy``. ``rate``: the training loss's decay rate (default :data:`RATE`'s);
+    ``gap``: added to the test loss and taken off the test accuracy (a model that fits the
+    training split better than it generalises); ``subsets``: ours' ``diag/eta/<subset>``."""
     last = epochs if diverge_at is None else diverge_at
     epoch = np.arange(last + 1)
-    decay = np.exp(-RATE.get(optimizer, 0.4) * epoch) * (
-        1.0 + 0.05 * rng.standard_normal(epoch.size)
-    )
+    rate = RATE.get(optimizer, 0.4) if rate is None else rate
+    decay = np.exp(-rate * epoch) * (1.0 + 0.05 * rng.standard_normal(epoch.size))
     train_loss = 2.3 * decay
-    per_epoch = SECONDS_PER_EPOCH.get(optimizer, 1.5) * (1.0 + 0.1 * rng.random(last))
+    per_epoch = (
+        seconds_scale * SECONDS_PER_EPOCH.get(optimizer, 1.5) * (1.0 + 0.1 * rng.random(last))
+    )
+    widen = np.minimum(epoch, 1) * gap  # no gap before training (epoch 0)
     history = pd.DataFrame(
         {
             "epoch": epoch,
             "step": epoch * steps_per_epoch,
             "train_loss": train_loss,
-            "test_loss": 1.1 * train_loss + 0.05,
-            "test_accuracy": np.clip(1.0 - 0.9 * decay, 0.0, 1.0),
+            "test_loss": 1.1 * train_loss + 0.05 + widen,
+            "test_accuracy": np.clip(1.0 - 0.9 * decay - widen, 0.0, 1.0),
             "wall_clock": np.concatenate([[0.0], np.cumsum(per_epoch)]),
             "lr": 0.1,
             "diverged": 0,
@@ -131,7 +225,7 @@ def make_history(
         history.insert(4, "test_perplexity", np.exp(history["test_loss"]))
         history = history.drop(columns="test_accuracy")
     if optimizer in OURS:
-        subsets = ("all",) if optimizer == "cauchy" else SUBSETS
+        subsets = ("all",) if optimizer == "cauchy" else subsets
         for index, subset in enumerate(subsets):
             eta = (
                 (0.5 + index) * (1.0 + 0.1 * epoch) * (1.0 + 0.02 * rng.standard_normal(epoch.size))
@@ -141,15 +235,17 @@ def make_history(
     return history
 
 
-def make_probe(rng: np.random.Generator, *, steps: int, every: int = 5) -> pd.DataFrame:
-    """probe.csv rows: η*_s around :data:`PROBE_ETA`, one 'singular' row with NaN values."""
+def make_probe(
+    rng: np.random.Generator, *, steps: int, every: int = 5, etas: dict[str, float] = PROBE_ETA
+) -> pd.DataFrame:
+    """probe.csv rows: η*_s around ``etas`` (subset → η*), one 'singular' row with NaN values."""
     rows = []
     for step in range(0, steps + 1, every):
-        for subset, eta in PROBE_ETA.items():
+        for subset, eta in etas.items():
             value = eta * (1.0 + 0.1 * rng.standard_normal())
             g, h = abs(rng.standard_normal()) + 0.1, abs(rng.standard_normal()) + 0.1
             rows.append((step, subset, value, value, g, h, "newton"))
-    rows.append((steps, "0.bias", math.nan, math.nan, math.nan, math.nan, "singular"))
+    rows.append((steps, next(iter(etas)), math.nan, math.nan, math.nan, math.nan, "singular"))
     return pd.DataFrame(rows, columns=["step", "subset", "eta", "ratio", "g", "h", "status"])
 
 
@@ -164,10 +260,13 @@ def write_results_tree(
     steps_per_epoch: int = 10,
     diverged: tuple = DIVERGED,
     probe_optimizers: tuple[str, ...] = ("sgd",),
-    perplexity: tuple[str, ...] = (LM_PROBLEM,),
+    perplexity: tuple[str, ...] = (LM_PROBLEM, GRID_LM),
+    shape: Shape | None = None,
 ) -> dict[tuple[str, str, int], dict]:
     """Write ``root/<profile>/runs/...``; return {(problem, optimizer, seed): metrics}. The
-    problems in ``perplexity`` are language models (module docstring)."""
+    problems in ``perplexity`` are language models (module docstring); ``shape``: per-cell
+    rates, gaps, subsets and time scales (:class:`Shape`; :data:`GRID_SHAPE` for the grid)."""
+    shape = shape or Shape()
     rng = np.random.default_rng(seed)
     divergence = {(p, o, s): (epoch, value) for p, o, s, epoch, value in diverged}
     written = {}
@@ -183,6 +282,7 @@ def write_results_tree(
                     diverge_at=None if epoch_value is None else epoch_value[0],
                     diverged_value=math.nan if epoch_value is None else epoch_value[1],
                     perplexity=problem in perplexity,
+                    **shape.of(problem, optimizer),
                 )
                 last = history.iloc[-1]
                 if problem in perplexity:
@@ -216,7 +316,7 @@ def write_results_tree(
                 # NaN / Infinity literals, as Python's json.dumps writes them by default.
                 (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
                 if optimizer in probe_optimizers:
-                    probe = make_probe(rng, steps=metrics["steps"])
+                    probe = make_probe(rng, steps=metrics["steps"], etas=shape.probe(problem))
                     probe.to_csv(run_dir / "probe.csv", index=False)
                 written[(problem, optimizer, run_seed)] = metrics
     return written
@@ -297,3 +397,53 @@ def write_tune_files(
             folder.mkdir(parents=True, exist_ok=True)
             record = tune_record(problem, optimizer, with_key=index % 2 == 0)
             (folder / f"{optimizer}.json").write_text(json.dumps(record, indent=2))
+
+
+def write_study_files(
+    root: Path, *, profile: str = "default", layout: dict[str, tuple[str, ...]] | None = None
+) -> None:
+    """The invariance and timing studies' outputs for ``layout``, shaped like their records:
+    ``invariance/<problem>.json`` (ours at rounding level, the others drifting, K-FAC not
+    exercised on the last problem) and ``timing/{steps.csv, scaling.csv, environment.json}``."""
+    layout = layout or GRID_LAYOUT
+    folder = Path(root) / profile
+    (folder / "invariance").mkdir(parents=True, exist_ok=True)
+    (folder / "timing").mkdir(parents=True, exist_ok=True)
+    last = list(layout)[-1]
+    steps_rows = []
+    for problem, optimizers in layout.items():
+        deviation = {o: (1e-15 if o in OURS else 0.1 * (1 + i)) for i, o in enumerate(optimizers)}
+        if problem == last and "kfac" in deviation:
+            deviation["kfac"] = None  # its weights did not move enough
+        record = {
+            "problem": problem, "steps": 4, "dtype": "float64",
+            "expected": "ours stays at rounding level; the baselines drift",
+            "expected_invariant": [o for o in optimizers if o in OURS],
+            "max_relative_deviation": deviation,
+            "scaling_laws": {"g": 1e-16, "H": 2e-16, "d": 1e-16, "eta": 4e-16,
+                             "solver_status": "newton"},
+            "per_step": {o: {"parameters": [(v or 0.0) * k / 4 for k in range(1, 5)],
+                             "loss": [0.0] * 4} for o, v in deviation.items()},
+        }  # fmt: skip
+        path = folder / "invariance" / f"{problem}.json"
+        path.write_text(json.dumps(record, indent=2))
+        for index, optimizer in enumerate(optimizers):
+            ours = optimizer in OURS
+            steps_rows.append({
+                "problem": problem, "optimizer": optimizer, "seconds": 0.001 * (1 + index),
+                "gradients": 1.4 * (1 + index), "vs_sgd": 1.0 + index,
+                "plain_step_gradients": 1.4, "recomputation_gradients_amortised":
+                2.5 if ours else 0.0, "peak_memory_mb": 8.0 + index, "rounds": 3, "period": 10,
+            })  # fmt: skip
+    pd.DataFrame(steps_rows).to_csv(folder / "timing" / "steps.csv", index=False)
+    base = {"subsets": 4, "width": 128, "depth": 4, "batch": 64}
+    scaling = [
+        {"sweep": sweep, "partition": "per_tensor", **base, sweep: k * base[sweep],
+         "variant": variant, "seconds": 0.001 * k, "gradients": (1 + order) * k}
+        for sweep in base for k in (1, 2, 4)
+        for order, variant in enumerate(("order2", "order3_diagonal"))
+    ]  # fmt: skip
+    pd.DataFrame(scaling).to_csv(folder / "timing" / "scaling.csv", index=False)
+    environment = {"cpu": "Synthetic CPU @ 1 GHz", "cpu_capability": "AVX2", "threads": 1,
+                   "torch": "2.13.0+cpu", "git_commit": "0123456789abcdef"}  # fmt: skip
+    (folder / "timing" / "environment.json").write_text(json.dumps(environment))

@@ -285,6 +285,7 @@ def test_coverage_names_the_preconditioned_parameters_and_the_plain_ones(seed):
         "embedding.weight", "layer_norm.weight", "layer_norm.bias", "head.weight", "head.bias",
     )  # fmt: skip
     assert coverage.module_types["scale"] == "_Mixed"
+    assert coverage.sizes["embedding.weight"] == 28 and coverage.sizes["prelu.weight"] == 1
     assert coverage.types_of(coverage.plain) == ["_Mixed", "Conv1d", "GroupNorm", "PReLU"]
     conv_bn = _kfac(_ConvBatchNorm(), seed).coverage
     assert conv_bn.kronecker == ("0.weight", "0.bias", "4.weight", "4.bias")

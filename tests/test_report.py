@@ -19,6 +19,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from fixtures_results import (
+    GRID_DIVERGED,
+    GRID_LAYOUT,
+    GRID_LM,
+    GRID_PROBLEMS,
+    GRID_SEEDS,
+    GRID_SHAPE,
     LAYOUT,
     LM_PROBLEM,
     MIXED_LAYOUT,
@@ -29,6 +35,7 @@ from fixtures_results import (
     tune_record,
     write_params,
     write_results_tree,
+    write_study_files,
     write_tune_files,
 )
 
@@ -51,12 +58,16 @@ def _seed() -> int:
     return value
 
 
-def _build(root: Path, params_probe=None, tune=True, **tree) -> tuple[Path, Path, dict]:
+def _build(
+    root: Path, params_probe=None, tune=True, studies=False, **tree
+) -> tuple[Path, Path, dict]:
     results, reports = root / "results", root / "reports"
     written = write_results_tree(results, seed=_seed(), **tree)
     cells = {"layout": tree.get("layout", LAYOUT), "seeds": tree.get("seeds", SEEDS)}
     if tune:
         write_tune_files(results, layout=cells["layout"])
+    if studies:
+        write_study_files(results, layout=cells["layout"])
     params = write_params(root / "params.yaml", probe_optimizers=params_probe, **cells)
     options = ["--profile", "default", "--params", str(params), "--results", str(results)]
     assert aggregate.main(options) == 0
@@ -368,10 +379,14 @@ def _page_errors(stderr: str, page: Path) -> list[str]:
     not CHROMIUM.exists() and not os.environ.get("CI"),
     reason="/usr/bin/chromium is absent (apt-get install chromium); in CI it must be there",
 )
-def test_index_html_renders_in_headless_chromium(built, tmp_path):
+@pytest.mark.parametrize("report_tree", ["built", "grid"])
+def test_index_html_renders_in_headless_chromium(report_tree, request, tmp_path):
     """Every figure decodes (naturalWidth > 0), every contents link reaches an element id, no
-    error event, and the screenshot shows a page with figures."""
-    _, out, _ = built
+    error event, and the screenshot shows a page with figures: the MLP fixture's report and
+    the default grid's (CNNs, a transformer, both studies)."""
+    _, out, _ = request.getfixturevalue(report_tree)
+    figure_count = len(list((out / "figures").glob("*.png")))
+    assert report_tree != "built" or figure_count == FIGURE_COUNT
     page = tmp_path / "index.html"
     shutil.copy(out / "index.html", page)
     probed = tmp_path / "probed.html"
@@ -379,7 +394,7 @@ def test_index_html_renders_in_headless_chromium(built, tmp_path):
 
     dump = _chromium(probed, tmp_path / "profile-dom", "--dump-dom")
     widths = [int(w) for w in re.findall(r'data-natural-width="(\d+)"', dump.stdout)]
-    assert len(widths) == FIGURE_COUNT and all(w > 0 for w in widths), widths
+    assert len(widths) == figure_count and all(w > 0 for w in widths), widths
     links = int(re.search(r'data-links="(\d+)"', dump.stdout).group(1))
     assert links == len(re.findall(r'<a href="#', page.read_text())) > 10
     assert 'data-broken-links="0"' in dump.stdout
@@ -570,11 +585,21 @@ def test_at_edge_is_computed_when_the_file_lacks_it():
     assert tuning.edges(tune_record("p", "sgd", with_key=False)) == []
 
 
-def test_subset_tick_labels_are_short():
+def test_subset_tick_labels_are_short_and_distinct():
     assert figures.short_subset("3.weight") == "3.w" and figures.short_subset("0.bias") == "0.b"
-    assert figures.short_subset("1.weight+1.bias+3.weight") == "all 3 tensors"
+    # a per-module subset reads as its module, a block as the path its tensors share
+    assert figures.subset_label("blocks.1.ln1.weight+blocks.1.ln1.bias") == "blocks.1.ln1"
+    assert figures.subset_label("blocks.0.ln1.weight+blocks.0.attn.qkv.bias") == "blocks.0"
+    assert figures.subset_label("1.weight+1.bias+3.weight") == "1.w…3.w (3)"  # nothing shared
+    qkv = figures.short_subset("blocks.0.attn.qkv.weight+blocks.0.attn.qkv.bias")
+    assert qkv == "…0.attn.qkv"  # whole components dropped from the left
     long = figures.short_subset("encoder.layers.11.attention.query.weight")
-    assert len(long) <= figures.LABEL_WIDTH and long.startswith("…")
+    assert long == "…query.w" and len(long) <= figures.LABEL_WIDTH
+    odd = figures.short_subset("averyveryverylongcomponentname.weight")
+    assert odd.startswith("…") and odd.endswith("name.w") and len(odd) == figures.LABEL_WIDTH
+    names = ["a.b.c.d.e.f.x.weight", "a.b.c.d.e.g.x.weight", "head.weight"]
+    labels = figures.tick_labels(names)
+    assert len(set(labels)) == 3 and labels[2] == "head.w"
 
 
 def test_a_language_models_sections_use_its_perplexity_lower_is_better(tmp_path, monkeypatch):
@@ -618,3 +643,200 @@ def test_a_language_models_sections_use_its_perplexity_lower_is_better(tmp_path,
         bold = [row[0] for row in rows if row[header.index(column[problem])].startswith("**")]
         assert bold == [pick(means, key=means.get)]
     assert "highest test accuracy, lowest test perplexity" in (out / "headline.md").read_text()
+
+
+# ----------------------------------------------------------------------------- the default grid
+GRID_PROBES = ("sgd", "adam", "kfac")  # params' train.probe.optimizers
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """The default grid of issue 12 (fixtures_results.GRID_*): an MLP, LeNet-5, a BatchNorm CNN
+    and a character-level transformer (perplexity), sgd / adam / kfac / ours, five seeds, the
+    tune files and both studies, ours losing on the transformer and on one CNN's loss."""
+    return _build(
+        tmp_path_factory.mktemp("grid"), studies=True, layout=GRID_LAYOUT, seeds=GRID_SEEDS,
+        diverged=GRID_DIVERGED, probe_optimizers=GRID_PROBES, shape=GRID_SHAPE,
+    )  # fmt: skip
+
+
+def _section(markdown: str, problem: str) -> str:
+    return markdown.split(f"## Problem `{problem}`", 1)[1].split("\n## ", 1)[0]
+
+
+def _kept(written: dict, problem: str, optimizer: str, key: str) -> np.ndarray:
+    """The values of ``key`` over the non-diverged seeds of one cell, from the files written."""
+    return np.array(
+        [m[key] for (p, o, _), m in written.items() if (p, o) == (problem, optimizer)
+         and not m["diverged"]]
+    )  # fmt: skip
+
+
+def test_grid_tables_and_figures_use_each_problems_own_metric(grid):
+    _, out, _ = grid
+    markdown = (out / "report.md").read_text()
+    assert markdown.index("## Problem `digits_mlp`") < markdown.index("## Problem `mnist5k_lenet5`")
+    assert markdown.index("## Problem `mnist5k_bnresnet`") < markdown.index(
+        f"## Problem `{GRID_LM}`"
+    )
+    for problem in GRID_PROBLEMS:
+        section = _section(markdown, problem)
+        own, other = (
+            ("perplexity", "accuracy") if problem == GRID_LM else ("accuracy", "perplexity")
+        )
+        assert other not in section, (problem, other)
+        assert f"### Test {own}" in section and f"| test {own}" in section
+        assert (out / "figures" / f"{own}_{problem}.png").read_bytes().startswith(PNG_MAGIC)
+        assert not (out / "figures" / f"{other}_{problem}.png").exists()
+        direction = "lower" if own == "perplexity" else "higher"
+        assert f"the final test {own} ({direction} is better)" in section
+    header, _ = _headline_rows((out / "headline.md").read_text())
+    assert header[2:-1] == [
+        "digits_mlp loss",
+        "digits_mlp acc. (%)",
+        "mnist5k_lenet5 loss",
+        "mnist5k_lenet5 acc. (%)",
+        "mnist5k_bnresnet loss",
+        "mnist5k_bnresnet acc. (%)",
+        f"{GRID_LM} loss",
+        f"{GRID_LM} ppl.",
+    ]  # fmt: skip  (params' order)
+
+
+def _verdict(headline: str, problem: str) -> str:
+    (line,) = [line for line in headline.splitlines() if line.startswith(f"- `{problem}` (")]
+    return line
+
+
+def test_grid_headline_names_each_problems_winners_with_their_seeds(grid):
+    """The winners on each problem's metric (by its direction) and on training loss, computed
+    here from the files written, with the number of seeds behind each mean."""
+    _, out, written = grid
+    headline = (out / "headline.md").read_text()
+    for problem in GRID_PROBLEMS:
+        line = _verdict(headline, problem)
+        metric, higher = ("perplexity", False) if problem == GRID_LM else ("accuracy", True)
+        for key, name, pick in ((f"final_test_{metric}", f"test {metric}", max if higher else min),
+                                ("final_train_loss", "training loss", min)):  # fmt: skip
+            means = {o: _kept(written, problem, o, key).mean() for o in GRID_LAYOUT[problem]}
+            winner = pick(means, key=means.get)
+            kept = len(_kept(written, problem, winner, key))
+            seeds = f"over {kept} seeds" if kept == len(GRID_SEEDS) else (
+                f"over {kept} of {len(GRID_SEEDS)} seeds ({len(GRID_SEEDS) - kept} diverged)"
+            )  # fmt: skip
+            word = "highest" if pick is max else "lowest"
+            assert re.search(
+                rf"{word} {name}: \*\*{winner}\*\*, [0-9.]+ ± [0-9.]+ (% )?{re.escape(seeds)}", line
+            ), (line, winner, seeds)
+
+
+def test_grid_headline_says_plainly_where_ours_loses(grid):
+    """Ours (partitioned_newton) wins both on the MLP, loses both to Adam on the transformer and
+    the training loss to K-FAC on the BatchNorm CNN; the paired difference and its interval are
+    those of the per-seed differences of the files written (Student t)."""
+    from scipy import stats
+
+    _, out, written = grid
+    headline = (out / "headline.md").read_text()
+    assert _verdict(headline, "digits_mlp").endswith("Ours (`partitioned_newton`): best on both.")
+    cnn = _verdict(headline, "mnist5k_bnresnet")
+    assert "Ours (`partitioned_newton`, 1 of 5 seeds diverged): test accuracy: best; " in cnn
+    assert "training loss: loses to kfac, " in cnn and "4 seed pairs" in cnn
+    line = _verdict(headline, GRID_LM)
+    assert "test perplexity: loses to adam, " in line and "training loss: loses to adam, " in line
+    ours, adam = (
+        _kept(written, GRID_LM, o, "final_test_perplexity") for o in ("partitioned_newton", "adam")
+    )
+    d = ours - adam  # no seed diverged on the transformer: every seed pairs
+    half = stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
+    found = re.search(r"test perplexity: loses to adam, ([0-9.]+) higher \(paired 95% interval "
+                      r"\[([0-9.]+), ([0-9.]+)\], 5 seed pairs\)", line)  # fmt: skip
+    assert found, line
+    assert [float(v) for v in found.groups()] == pytest.approx(
+        [d.mean(), d.mean() - half, d.mean() + half], rel=2e-3
+    )
+    assert "Per problem, on its own metric and on the training loss" in headline
+    report = (out / "report.md").read_text().split("## Problem", 1)[0]
+    assert line in report  # the report's headline section has the same lines
+
+
+def test_grid_report_without_variants_has_no_ablation_and_no_empty_table(grid):
+    """The ablation figure and table need a variant of ours: none in the default grid; the probe,
+    invariance, tuning and timing sections are there with the four optimizers; every table of
+    the report has at least one row."""
+    _, out, _ = grid
+    markdown = (out / "report.md").read_text()
+    assert "Ablations" not in markdown and "partitioned_newton_diag" not in markdown
+    assert not list((out / "figures").glob("ablation_*.png"))
+    for heading in ("## Reparameterization invariance", "## Timing", "## Tuning", "## Performance"):
+        assert heading in markdown, heading
+    assert "Not in this report" not in markdown
+    invariance = markdown.split("## Reparameterization invariance", 1)[1].split("\n## ", 1)[0]
+    assert "| kfac |" in invariance and "not exercised" in invariance
+    assert "| digits_mlp | kfac | damping | 0.03 | smallest |" in markdown
+    assert markdown.count("Along **kfac**") == len(GRID_PROBLEMS)
+    tables_md = re.findall(r"((?:^\|.*\|\n)+)", markdown, re.M)
+    assert tables_md and all(t.count("\n") >= 3 for t in tables_md)  # header, rule, ≥ 1 row
+    for problem in GRID_PROBLEMS:
+        assert (out / "figures" / f"eta_{problem}.png").is_file()
+        assert (out / "figures" / f"probe_{problem}.png").is_file()
+
+
+def test_grid_report_says_what_kfac_preconditions_next_to_its_results(grid, built):
+    """Per problem, in the final-metrics section: the count of K-FAC's preconditioned tensors
+    out of the model's trainable ones (counted here on the registered model), none left to
+    plain SGD on these four models; no such sentence where K-FAC did not run."""
+    from bench.problems import get_problem
+
+    _, out, _ = grid
+    markdown = (out / "report.md").read_text()
+    for problem in GRID_PROBLEMS:
+        final = _section(markdown, problem).split("### Final metrics", 1)[1].split("\n### ", 1)[0]
+        tensors = sum(1 for p in get_problem(problem).make_model(0).parameters() if p.requires_grad)
+        sentence = f"K-FAC preconditions {tensors} of {tensors} parameter tensors of `{problem}`"
+        assert sentence in final, final
+        assert "none takes plain momentum-SGD steps" in final
+    types = {"mnist5k_bnresnet": "BatchNorm2d", GRID_LM: "LayerNorm"}
+    for problem, norm in types.items():
+        assert f"one 2×2 block per unit for {norm}" in _section(markdown, problem)
+    assert "Kronecker factors for Embedding, Linear" in _section(markdown, GRID_LM)
+    assert "K-FAC preconditions" not in (built[1] / "report.md").read_text()  # no kfac run
+
+
+def test_coverage_sentence_names_what_takes_plain_sgd_steps():
+    from bench.reporting import coverage
+    from optimizers.baselines import KfacCoverage
+
+    found = KfacCoverage(
+        kronecker=("head.weight", "head.bias"), unit_wise=("norm.weight",),
+        plain=("scale", "conv.weight"),
+        module_types={"scale": "Net", "conv.weight": "Conv1d", "norm.weight": "LayerNorm",
+                      "head.weight": "Linear", "head.bias": "Linear"},
+        sizes={"scale": 4, "conv.weight": 36, "norm.weight": 4, "head.weight": 50, "head.bias": 6},
+    )  # fmt: skip
+    sentence = coverage.coverage_sentence("p", found)
+    assert sentence.startswith("K-FAC preconditions 3 of 5 parameter tensors of `p` (60.0% of")
+    assert "Kronecker factors for Linear (2 tensors)" in sentence
+    assert "one 2×2 block per unit for LayerNorm (1 tensor)" in sentence
+    assert (
+        "the 2 tensors of Net, Conv1d (`scale`, `conv.weight`) take plain momentum-SGD" in sentence
+    )
+    assert "unknown" in coverage.coverage_sentence("p", None)
+
+
+def test_grid_headline_goes_into_the_readme_as_it_is(grid, tmp_path):
+    """`make readme` copies the grid's headline (table, verdict list, ranking) between the
+    markers unchanged, and --check then passes."""
+    from bench.reporting import readme as sync
+
+    _, out, _ = grid
+    for name in ("results/derivative_cost.json", "results/step_cost.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / "reports" / "default").mkdir(parents=True)
+    shutil.copy(out / "headline.md", tmp_path / "reports" / "default" / "headline.md")
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text())
+    assert sync.main(["--readme", str(readme)]) == 0
+    assert tables.readme_headline(readme.read_text()) == (out / "headline.md").read_text()
+    assert sync.main(["--check", "--readme", str(readme)]) == 0

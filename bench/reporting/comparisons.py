@@ -191,25 +191,30 @@ def paired_comparisons(
     found = []
     for problem, runs in wide.groupby(level=0, sort=True):
         quality = (metrics or {}).get(str(problem)) or wide_quality(runs)
-        cells = {o: cell.droplevel([0, 1]) for o, cell in runs.groupby(level=1, sort=True)}
+        cells = problem_cells(wide, str(problem))
         for ours, baseline in compared_pairs(cells):
             for metric in compared_metrics(quality):
-                differences, dropped = paired(cells[ours], cells[baseline], metric)
-                stat = student_t(differences)
-                found.append(
-                    Comparison(
-                        str(problem),
-                        ours,
-                        baseline,
-                        metric,
-                        int(stat["n"]),
-                        dropped,
-                        float(stat["mean"]),
-                        float(stat["ci_low"]),
-                        float(stat["ci_high"]),
-                    )  # fmt: skip
-                )
+                found.append(compare(str(problem), cells, ours, baseline, metric))
     return found
+
+
+def compare(
+    problem: str, cells: Mapping[str, pd.DataFrame], ours: str, baseline: str, metric: str
+) -> Comparison:
+    """``ours`` − ``baseline`` on ``metric`` (:data:`PAIRED_RULE`); ``cells``: each optimizer's
+    runs of ``problem`` indexed by seed (any two optimizers may be compared)."""
+    differences, dropped = paired(cells[ours], cells[baseline], metric)
+    stat = student_t(differences)
+    return Comparison(
+        problem, ours, baseline, metric, int(stat["n"]), dropped, float(stat["mean"]),
+        float(stat["ci_low"]), float(stat["ci_high"]),
+    )  # fmt: skip
+
+
+def problem_cells(wide: pd.DataFrame, problem: str) -> dict[str, pd.DataFrame]:
+    """Each optimizer's runs of ``problem`` in the wide table, indexed by seed."""
+    runs = wide.xs(problem, level=0, drop_level=False)
+    return {o: cell.droplevel([0, 1]) for o, cell in runs.groupby(level=1, sort=True)}
 
 
 def comparisons_json(found: Sequence[Comparison]) -> dict[str, dict]:

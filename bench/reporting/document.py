@@ -2,9 +2,10 @@
 
 A :class:`Section` is a heading (title, level), its body :data:`Block` s and its subsections;
 nothing looks at a title to decide what to draw. A :class:`Document` is a title and a list of
-sections. Blocks: :class:`Paragraph` (``note`` = small print), :class:`Table` (a DataFrame, cells
-as text), :class:`Image` (a PNG; in Markdown a path relative to the report folder, in HTML a
-base64 ``data:`` URI, so index.html references nothing outside itself).
+sections. Blocks: :class:`Paragraph` (``note`` = small print), :class:`Bullets` (a list),
+:class:`Table` (a DataFrame, cells as text), :class:`Image` (a PNG; in Markdown a path relative
+to the report folder, in HTML a base64 ``data:`` URI, so index.html references nothing outside
+itself).
 
 Every heading gets an anchor (:func:`slug`, GitHub's rule, so that the links work in the
 rendered report.md as in index.html, where it is the heading's ``id``); the document's
@@ -92,6 +93,19 @@ class Paragraph:
         return f"<p{' class=note' if self.note else ''}>{_inline(self.text)}</p>"
 
 
+@dataclass(frozen=True)
+class Bullets:
+    """A list of items (each a line of inline Markdown)."""
+
+    items: tuple[str, ...]
+
+    def markdown(self, root: Path | None) -> str:
+        return "\n".join(f"- {item}" for item in self.items)
+
+    def html(self) -> str:
+        return "<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in self.items) + "</ul>"
+
+
 @dataclass(frozen=True, eq=False)
 class Table:
     frame: pd.DataFrame
@@ -125,7 +139,7 @@ class Image:
         return f'<figure><img src="data:image/png;base64,{data}" alt="{alt}"></figure>'
 
 
-Block = Heading | Paragraph | Table | Image | Contents
+Block = Heading | Paragraph | Bullets | Table | Image | Contents
 CONTENTS = "Contents"
 
 

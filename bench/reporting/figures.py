@@ -48,6 +48,7 @@ EPOCH, WALL_CLOCK, TRAIN_LOSS = schema.EPOCH, schema.WALL_CLOCK, schema.TRAIN_LO
 UNDER_STEP, OVER_STEP = 2.0, 0.5  # median η*_s above: under-steps; below (or < 0): over-steps
 DPI = 90
 LABEL_WIDTH = 14  # characters of a subset's tick label
+MAX_WIDTH = 13.0  # inches: a wider figure is shrunk to the page's width (1150 px) unreadably
 
 
 def file_stem(text: str) -> str:
@@ -222,14 +223,50 @@ def eta_columns(run: Run) -> list[str]:
     return [c for c in run.history.columns if c.startswith(ETA_PREFIX)]
 
 
-def short_subset(name: str) -> str:
-    """A tick label a person reads: ``3.weight`` → ``3.w``, a joined subset (``a+b+c``) → ``all
-    3 tensors``, anything longer than :data:`LABEL_WIDTH` cut from the left."""
+def _tensor(name: str) -> str:
+    return re.sub(r"\.weight$", ".w", re.sub(r"\.bias$", ".b", name))
+
+
+def subset_label(name: str) -> str:
+    """A subset as a person reads it: a tensor ``3.weight`` → ``3.w``; a joined subset
+    (``a.weight+a.bias``) → the module path its tensors share (``a``: a per-module or per-block
+    partition), or, sharing none, ``first…last (n)``."""
     parts = name.split("+")
-    if len(parts) > 1:
-        return f"all {len(parts)} tensors"
-    name = re.sub(r"\.weight$", ".w", re.sub(r"\.bias$", ".b", name))
-    return name if len(name) <= LABEL_WIDTH else "…" + name[-(LABEL_WIDTH - 1) :]
+    if len(parts) == 1:
+        return _tensor(name)
+    owners = [part.split(".")[:-1] for part in parts]
+    shared = []
+    for components in zip(*owners, strict=False):
+        if len(set(components)) > 1:
+            break
+        shared.append(components[0])
+    if shared:
+        return ".".join(shared)
+    return f"{_tensor(parts[0])}…{_tensor(parts[-1])} ({len(parts)})"
+
+
+def short_subset(name: str) -> str:
+    """:func:`subset_label` cut to :data:`LABEL_WIDTH` characters for a tick label: whole
+    dotted components dropped from the left (``…0.attn.qkv``, at least two kept), else the
+    characters on the left."""
+    label = subset_label(name)
+    if len(label) <= LABEL_WIDTH:
+        return label
+    components = label.split(".")
+    for start in range(1, len(components) - 1):  # keep at least two components
+        candidate = "…" + ".".join(components[start:])
+        if len(candidate) <= LABEL_WIDTH:
+            return candidate
+    return "…" + label[-(LABEL_WIDTH - 1) :]
+
+
+def tick_labels(names: Sequence[str]) -> list[str]:
+    """:func:`short_subset` of each name, except that labels two subsets would share are given
+    uncut (:func:`subset_label`), so that no two ticks read the same."""
+    short = [short_subset(name) for name in names]
+    counts = {label: short.count(label) for label in short}
+    return [subset_label(n) if counts[label] > 1 else label for n, label in zip(names, short,
+            strict=True)]  # fmt: skip
 
 
 def plain_number(value: float, _position=None) -> str:
@@ -239,7 +276,9 @@ def plain_number(value: float, _position=None) -> str:
 
 def readable_scale(axes: Axes, values: np.ndarray) -> None:
     """Log y-scale when every finite value is > 0, else symlog linear below the 5th percentile
-    of the positive magnitudes (a power of ten); plain-number tick labels."""
+    of the positive magnitudes (a power of ten); limits 6% of the drawn span beyond the extreme
+    values (so no marker sits on the frame), from 0 when none is negative; plain-number tick
+    labels."""
     finite = values[np.isfinite(values)]
     magnitudes = np.abs(finite[finite != 0])
     if finite.size and (finite > 0).all():
@@ -247,8 +286,12 @@ def readable_scale(axes: Axes, values: np.ndarray) -> None:
     else:
         low = float(np.quantile(magnitudes, 0.05)) if magnitudes.size else 1.0
         axes.set_yscale("symlog", linthresh=10.0 ** math.floor(math.log10(low)))
-        if finite.size and finite.min() >= 0:  # no negative half
-            axes.set_ylim(bottom=0.0)
+    if finite.size:
+        transform = axes.yaxis.get_transform()
+        low_end, high_end = transform.transform(np.array([finite.min(), finite.max()]))
+        pad = 0.06 * (high_end - low_end) or 0.5
+        bottom, top = transform.inverted().transform(np.array([low_end - pad, high_end + pad]))
+        axes.set_ylim(0.0 if finite.min() >= 0 and not (finite > 0).all() else bottom, top)
     axes.yaxis.set_major_formatter(FuncFormatter(plain_number))
     axes.yaxis.set_minor_formatter(NullFormatter())
 
@@ -270,8 +313,8 @@ def quartile_plot(axes: Axes, samples: dict[str, pd.DataFrame], palette: dict) -
             label=group, capsize=3, markersize=5, linewidth=1.5,
         )  # fmt: skip
         drawn.append(stats.to_numpy(dtype=np.float64).ravel())
-    axes.set_xticks(np.arange(len(subsets)), [short_subset(s) for s in subsets])
-    axes.tick_params(axis="x", rotation=45 if len(subsets) > 8 else 0)
+    slanted = {"rotation": 45, "ha": "right", "rotation_mode": "anchor"} if len(subsets) > 8 else {}
+    axes.set_xticks(np.arange(len(subsets)), tick_labels(subsets), **slanted)
     axes.set_xlabel("parameter subset s")
     axes.legend(fontsize=8)
     return np.concatenate(drawn) if drawn else np.array([])
@@ -310,7 +353,7 @@ def _quartile_figure(
     """One panel of :func:`quartile_plot` on :func:`readable_scale`, saved to ``path``."""
     subsets = {s for frame in samples.values() for s in frame["subset"]}
     with sns.axes_style("whitegrid"):
-        figure = Figure(figsize=(max(7.5, 1.5 + 0.9 * len(subsets)), 4.4))
+        figure = Figure(figsize=(min(max(7.5, 1.5 + 0.9 * len(subsets)), MAX_WIDTH), 4.6))
         axes = figure.subplots()
     values = quartile_plot(axes, samples, palette)
     if reference is not None:

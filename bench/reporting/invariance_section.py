@@ -66,12 +66,17 @@ def scaling_frame(records: dict[str, dict[str, Any]]) -> pd.DataFrame:
 
 
 def invariance_figure(records: dict[str, dict[str, Any]], path: Path) -> Path:
-    """Parameter deviation per step (log scale), one panel per problem."""
-    figure = Figure(figsize=(5.5 * len(records), 4.2))
-    axes_list = figure.subplots(1, len(records), squeeze=False)[0]
-    for axes, (problem, record) in zip(axes_list, records.items(), strict=True):
+    """Parameter deviation per step (log scale), one panel per problem, two panels a row (a
+    wider figure is shrunk to the page's width unreadably); a missing value (None) is a gap."""
+    columns = min(len(records), 2)
+    rows = -(-len(records) // columns)
+    figure = Figure(figsize=(5.5 * columns, 4.2 * rows))
+    axes_grid = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axes in axes_grid[len(records) :]:
+        axes.set_visible(False)
+    for axes, (problem, record) in zip(axes_grid, records.items(), strict=False):
         for name, series in record["per_step"].items():
-            values = [max(v, 1e-17) if math.isfinite(v) else float("nan")
+            values = [max(v, 1e-17) if v is not None and math.isfinite(v) else float("nan")
                       for v in series["parameters"]]  # fmt: skip
             style = "-" if name in record.get("expected_invariant", []) else "--"
             axes.plot(range(1, len(values) + 1), values, style, label=name)

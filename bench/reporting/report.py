@@ -33,6 +33,7 @@ from bench.errors import UsageError
 from bench.io import write_dir_atomic
 from bench.reporting import (
     comparisons,
+    coverage,
     figures,
     invariance_section,
     profile_section,
@@ -40,8 +41,9 @@ from bench.reporting import (
     tables,
     timing_section,
     tuning,
+    verdicts,
 )
-from bench.reporting.document import Block, Document, Image, Paragraph, Section, Table
+from bench.reporting.document import Block, Bullets, Document, Image, Paragraph, Section, Table
 from bench.reporting.runs import Cell, Run, load_runs
 
 FIGURES = "figures"  # subdirectory of reports/<profile>/ holding every PNG (dvc.yaml plots)
@@ -57,6 +59,7 @@ class Inputs:
     runs: Sequence[Run]
     probe_optimizers: tuple[str, ...]  # params train.probe.optimizers
     tuned: Sequence[dict] = ()  # the tune files of the (problem, optimizer) cells found
+    order: tuple[str, ...] = ()  # the problems in params' order (empty: by name)
 
     @property
     def optimizers(self) -> list[str]:
@@ -64,7 +67,9 @@ class Inputs:
 
     @property
     def problems(self) -> list[str]:
-        return sorted({run.problem for run in self.runs})
+        """The problems run, in params' order (:attr:`order`; by name for those it lacks)."""
+        found = {run.problem for run in self.runs}
+        return [p for p in self.order if p in found] + sorted(found - set(self.order))
 
 
 def load_inputs(
@@ -72,6 +77,7 @@ def load_inputs(
 ) -> Inputs:
     """summary.csv and the runs of ``cells`` (params' problems × optimizers × seeds) of
     ``profile``; UsageError when a run is missing or summary.csv is missing or lists other runs."""
+    cells = list(cells)
     summary_path, _ = layout.summary_paths(profile, results)
     if not summary_path.is_file():
         raise UsageError(f"{summary_path} is missing: run `python -m bench.aggregate` first")
@@ -83,7 +89,8 @@ def load_inputs(
             f"{summary_path} does not list the runs of params' cells: rerun bench.aggregate"
         )
     tuned = tuning.load_tuned(results, profile, {(run.problem, run.optimizer) for run in runs})
-    return Inputs(profile, table, runs, tuple(probe_optimizers), tuned)
+    order = tuple(dict.fromkeys(problem for problem, _, _ in cells))
+    return Inputs(profile, table, runs, tuple(probe_optimizers), tuned, order)
 
 
 @dataclass(frozen=True)
@@ -220,10 +227,16 @@ def _comparison_section(problem: Problem, derived: Derived) -> Section | None:
 def problem_section(inputs: Inputs, name: str, derived: Derived, figures_dir: Path) -> Section:
     """Final metrics, comparisons, time to target and the figures of problem ``name``."""
     problem = _problem(inputs, name, derived)
+    kfac = (
+        [Paragraph(coverage.coverage_sentence(name, coverage.kfac_coverage(name)))]
+        if coverage.KFAC in problem.present
+        else []
+    )  # what K-FAC preconditions, next to its results
     final = Section(
         "Final metrics",
         (
             Table(tables.final_metrics_frame(problem.cell, problem.present)),
+            *kfac,
             Paragraph(problem.note, note=True),
         ),
         level=3,
@@ -288,9 +301,11 @@ def headline_section(inputs: Inputs, derived: Derived) -> Section:
     return Section(
         "Headline",
         (
-            Table(tables.headline_frame(inputs.summary)),
+            Table(tables.headline_frame(inputs.summary, inputs.problems)),
             Paragraph(tables.headline_legend(inputs.summary)),
             *([] if headline_note is None else [Paragraph(headline_note)]),
+            Paragraph(tables.VERDICTS_INTRO),
+            Bullets(tuple(verdicts.verdict_lines(inputs.summary, inputs.problems))),
             Paragraph(profile_section.ranking_line(derived.epochs_profile)),
             Paragraph(f"{derived.note} · the README copy is `{HEADLINE_MD}`", note=True),
         ),
@@ -337,7 +352,8 @@ def build_report(inputs: Inputs, results: Path, out_dir: Path) -> Document:
     document = Document(title, sections(inputs, Path(results), figures_dir), root=out_dir)
     (out_dir / REPORT_MD).write_text(document.markdown())
     ranking = profile_section.ranking_line(profile_section.profiles(inputs.summary)[0])
-    (out_dir / HEADLINE_MD).write_text(tables.headline_table(inputs.summary, ranking))
+    headline = tables.headline_table(inputs.summary, ranking, inputs.problems)
+    (out_dir / HEADLINE_MD).write_text(headline)
     (out_dir / INDEX_HTML).write_text(document.html())
     return document
 

@@ -38,7 +38,7 @@ INTERVAL = f"{compare.CONFIDENCE:.0%} interval"
 
 
 # ----------------------------------------------------------------------------- formatting
-def _number(value: float, percent: bool = False, digits: int = 4) -> str:
+def number(value: float, percent: bool = False, digits: int = 4) -> str:
     return f"{100 * value:.2f}" if percent else f"{value:.{digits}g}"
 
 
@@ -47,15 +47,15 @@ def mean_std(row: pd.Series, percent: bool = False, show_diverged: bool = True) 
     runs, diverged, n = int(row["runs"]), int(row["diverged_runs"]), int(row["n"])
     if n == 0:
         return f"diverged ({diverged}/{runs})" if diverged == runs else "—"
-    text = _number(row["mean"], percent)
-    text += f" ± {_number(row['std'], percent, digits=2)}" if n > 1 else " (n=1)"
+    text = number(row["mean"], percent)
+    text += f" ± {number(row['std'], percent, digits=2)}" if n > 1 else " (n=1)"
     return text + (f" ({diverged}/{runs} diverged)" if diverged and show_diverged else "")
 
 
 def interval(row: pd.Series, percent: bool = False) -> str:
     if int(row["n"]) < 2:
         return f"undefined (n={int(row['n'])})"
-    return f"[{_number(row['ci_low'], percent)}, {_number(row['ci_high'], percent)}]"
+    return f"[{number(row['ci_low'], percent)}, {number(row['ci_high'], percent)}]"
 
 
 # ----------------------------------------------------------------------------- quality metric
@@ -125,16 +125,20 @@ def _best(stats: pd.DataFrame, metric: str, excluded: set[tuple[str, str]], high
     return set(means.index[means == best])
 
 
-def headline_frame(summary: pd.DataFrame) -> pd.DataFrame:
+def headline_frame(summary: pd.DataFrame, problems: Sequence[str] | None = None) -> pd.DataFrame:
     """Optimizers (rows, by :func:`mean_ranks`) × problems: final training loss and the
     problem's quality metric (test accuracy in %, or test perplexity) as mean ± std over the
     non-diverged seeds, the best of each column in bold (by the metric's direction), the marks
-    ("did not train", "diverged k/n") in their own column."""
+    ("did not train", "diverged k/n") in their own column; ``problems``: the column order
+    (default: by name)."""
     stats = agg.statistics(summary).set_index([*agg.CELL, agg.METRIC])
     stalled = stalled_cells(summary)
     ranks = mean_ranks(stats, stalled)
     qualities = agg.quality_metrics(summary)
-    problems = sorted(stats.index.unique(agg.PROBLEM))
+    known = sorted(stats.index.unique(agg.PROBLEM))
+    if problems is not None and sorted(problems) != known:
+        raise ValueError(f"headline problems {list(problems)} are not the summary's {known}")
+    problems = list(problems or known)
     best_loss = _best(stats, agg.FINAL_TRAIN_LOSS, stalled, highest=False)
     best_quality = set().union(
         *(_best(stats, q.final_key, stalled, q.higher_is_better) for q in set(qualities.values()))
@@ -204,11 +208,23 @@ def headline_legend(summary: pd.DataFrame) -> str:
     )
 
 
-def headline_table(summary: pd.DataFrame, ranking: str | None = None) -> str:
-    """The README's headline table (:func:`headline_frame`) as Markdown, ending in a newline:
-    the table, its legend, the "(did not train)" note when a cell is so marked, and ``ranking``
-    (the performance profile's one-line ranking) when given."""
-    frame = headline_frame(summary)
+VERDICTS_INTRO = (
+    "Per problem, on its own metric and on the training loss (mean ± std over the non-diverged "
+    "seeds; ours against each winner by the paired interval over seeds):"
+)
+
+
+def headline_table(
+    summary: pd.DataFrame, ranking: str | None = None, problems: Sequence[str] | None = None
+) -> str:
+    """The README's headline (:func:`headline_frame`) as Markdown, ending in a newline: the
+    table, its legend, the "(did not train)" note when a cell is so marked, one line per
+    problem saying who wins on its metric and on the training loss and how ours stands
+    (:func:`bench.reporting.verdicts.verdict_lines`), and ``ranking`` (the performance
+    profile's one-line ranking) when given. ``problems``: their order (default: by name)."""
+    from bench.reporting.verdicts import verdict_lines  # it formats with this module's helpers
+
+    frame = headline_frame(summary, problems)
     align = ["---", *["---:"] * (frame.shape[1] - 2), "---"]
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in frame.to_numpy().tolist()]
@@ -216,6 +232,7 @@ def headline_table(summary: pd.DataFrame, ranking: str | None = None) -> str:
     note = headline_note(summary)
     if note is not None:
         lines += ["", note]
+    lines += ["", VERDICTS_INTRO, ""] + [f"- {line}" for line in verdict_lines(summary, problems)]
     if ranking is not None:
         lines += ["", ranking]
     return "\n".join(lines) + "\n"
@@ -311,17 +328,17 @@ def target_sentence(summary: pd.DataFrame, problem: str) -> str:
     return f"Training-loss target {float(target.iloc[0]):.4g} ({source})."
 
 
-def _signed(value: float, percent: bool) -> str:
-    return _number(value, percent, digits=3).replace("-", "−")
+def signed(value: float, percent: bool) -> str:
+    return number(value, percent, digits=3).replace("-", "−")
 
 
 def difference(comparison: compare.Comparison, percent: bool = False) -> str:
     """'−0.012 [−0.020, −0.004], lower': ours − baseline, its paired interval, the verdict."""
     if comparison.pairs == 0:
         return "no seed pair"
-    text = _signed(comparison.difference, percent)
+    text = signed(comparison.difference, percent)
     if comparison.pairs > 1:
-        low, high = (_signed(v, percent) for v in (comparison.ci_low, comparison.ci_high))
+        low, high = (signed(v, percent) for v in (comparison.ci_low, comparison.ci_high))
         text += f" [{low}, {high}]"
     return f"{text}, {comparison.verdict}"
 

@@ -46,8 +46,9 @@ def steps_frame(steps: pd.DataFrame) -> pd.DataFrame:
 
 def scaling_figure(scaling: pd.DataFrame, path: Path) -> Path:
     """Cost vs S, width, depth and batch; the S panel carries ideal O(S) and O(S²) lines."""
-    figure = Figure(figsize=(18, 4.2))
-    for axes, (sweep, column, label) in zip(figure.subplots(1, 4), SWEEPS, strict=True):
+    figure = Figure(figsize=(11, 8.4))  # 2 × 2: four panels in a row would be shrunk unreadably
+    panels = figure.subplots(2, 2).ravel()
+    for axes, (sweep, column, label) in zip(panels, SWEEPS, strict=True):
         part = scaling[scaling["sweep"] == sweep].sort_values(column)
         for variant, rows in part.groupby("variant"):
             axes.plot(rows[column], rows["gradients"], "o-", label=variant)
