@@ -112,7 +112,10 @@ def time_steps(problem, splits, names, hyperparameters, *, period, rounds, batch
 
 
 def _batch(config: Config, problem) -> int:
-    return config.train.batch_size or problem.batch_size
+    """The training batch size of ``problem``'s runs (params problem_settings, train, the
+    problem's own: :func:`bench.training.cells.run_settings`'s order)."""
+    own = config.settings_of(problem.name).batch_size
+    return own or config.train.batch_size or problem.batch_size
 
 
 def step_workload(params: str, results: str, problem: str, optimizer: str) -> Callable[[], Any]:
