@@ -342,6 +342,8 @@ def write_params(
     names = list(dict.fromkeys(name for names in layout.values() for name in names))
     blank = {"hyperparameters": {}, "grid": None}
     params["optimizers"] = {name: params["optimizers"].get(name, blank) for name in names}
+    settings = params.get("problem_settings") or {}  # the repository's, for its problems
+    params["problem_settings"] = {p: v for p, v in settings.items() if p in params["problems"]}
     if train_loss_target is not None:
         params["aggregate"]["train_loss_target"] = dict(train_loss_target)
     if probe_optimizers is not None:
@@ -367,7 +369,9 @@ def tune_record(problem: str, optimizer: str, with_key: bool) -> dict:
     for values in np.array(np.meshgrid(*axes.values(), indexing="ij")).reshape(len(axes), -1).T:
         point = dict(zip(axes, map(float, values), strict=True))
         distance = sum(abs(math.log(point[a] / best[a])) for a in axes)
-        rows.append({**point, "valid_loss": 0.5 + distance, "valid_accuracy": 0.9,
+        quality = {"valid_perplexity": 1.5} if problem in (LM_PROBLEM, GRID_LM) else {
+            "valid_accuracy": 0.9}  # fmt: skip
+        rows.append({**point, "valid_loss": 0.5 + distance, **quality,
                      "train_loss": 0.4 + distance, "diverged": False})  # fmt: skip
     record = {"problem": problem, "optimizer": optimizer, "grid": rows, "best": best,
               "all_diverged": False, "epochs": 2}  # fmt: skip

@@ -420,9 +420,10 @@ def probe_sentence(optimizer: str, runs: Sequence[Run]) -> str:
     if usable.empty:
         return f"**{optimizer}**: no usable probe row ({skipped} rows not 'ok' or non-finite η*)."
     medians = usable.groupby(usable[PROBE_SUBSET].astype(str))[PROBE_ETA].median().sort_index()
-    under = [f"{s} ({m:.3g})" for s, m in medians.items() if m > UNDER_STEP]
-    over = [f"{s} ({m:.3g})" for s, m in medians.items() if m < OVER_STEP]
-    right = [s for s, m in medians.items() if OVER_STEP <= m <= UNDER_STEP]
+    name = {s: s if "+" not in s else subset_label(s) for s in medians.index}  # a module's
+    under = [f"{name[s]} ({m:.3g})" for s, m in medians.items() if m > UNDER_STEP]
+    over = [f"{name[s]} ({m:.3g})" for s, m in medians.items() if m < OVER_STEP]
+    right = [name[s] for s, m in medians.items() if OVER_STEP <= m <= UNDER_STEP]
     parts = [
         f"under-steps (median η*_s > {UNDER_STEP:g}: a larger step would lower the local "
         f"quadratic model further) {', '.join(under) if under else 'no subset'}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +90,16 @@ def invariance_figure(records: dict[str, dict[str, Any]], path: Path) -> Path:
     return figures.save_png(figure, path, dpi=110)
 
 
-def section(results: Path, profile: str, figures_dir: Path) -> Section | None:
-    """The invariance section (its figure written into ``figures_dir``) (None: no results)."""
-    records = load_invariance(results, profile)
-    if not records:
+def section(
+    results: Path, profile: str, figures_dir: Path, problems: Sequence[str] = ()
+) -> Section | None:
+    """The invariance section (its figure written into ``figures_dir``) (None: no results);
+    ``problems``: the order of its columns and panels (the others after them, by name)."""
+    found = load_invariance(results, profile)
+    if not found:
         return None
+    order = [p for p in problems if p in found] + [p for p in found if p not in problems]
+    records = {problem: found[problem] for problem in order}
     first = next(iter(records.values()))
     figure = invariance_figure(records, figures_dir / "invariance.png")
     return Section(

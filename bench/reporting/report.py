@@ -331,7 +331,10 @@ STUDIES = (  # (what the intro calls it when left out, its section)
 def sections(inputs: Inputs, results: Path, figures_dir: Path) -> list[Section]:
     """Every section of the report in order; figures are written into ``figures_dir``."""
     derived = Derived.of(inputs)
-    studies = [(name, draw(results, inputs.profile, figures_dir)) for name, draw in STUDIES]
+    studies = [
+        (name, draw(results, inputs.profile, figures_dir, inputs.problems))
+        for name, draw in STUDIES
+    ]
     left_out = [name for name, section in studies if section is None]
     optional = [tuning.section(inputs.tuned), *(section for _, section in studies)]
     return [

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,11 @@ def scaling_figure(scaling: pd.DataFrame, path: Path) -> Path:
     return figures.save_png(figure, path, dpi=100)
 
 
-def section(results: Path, profile: str, figures_dir: Path) -> Section | None:
-    """The timing section (its figure written into ``figures_dir``) (None: no results)."""
+def section(
+    results: Path, profile: str, figures_dir: Path, problems: Sequence[str] = ()
+) -> Section | None:
+    """The timing section (its figure written into ``figures_dir``) (None: no results);
+    ``problems``: the order of the step-cost rows (the others after them, as in steps.csv)."""
     folder = layout.timing_dir(profile, results)
     if not (folder / "steps.csv").is_file():
         return None
@@ -83,7 +87,12 @@ def section(results: Path, profile: str, figures_dir: Path) -> Section | None:
         f"{environment.get('cpu_capability', 'unknown')}), {environment.get('threads')} thread(s), "
         f"torch {environment.get('torch')}, commit `{str(environment.get('git_commit'))[:12]}`."
     )
-    steps = steps_frame(pd.read_csv(folder / "steps.csv"))
+    raw = pd.read_csv(folder / "steps.csv")
+    rank = {problem: index for index, problem in enumerate(problems)}
+    raw = raw.iloc[
+        sorted(range(len(raw)), key=lambda i: (rank.get(raw["problem"].iloc[i], len(rank)), i))
+    ]
+    steps = steps_frame(raw)
     figure = scaling_figure(pd.read_csv(folder / "scaling.csv"), figures_dir / "timing_scaling.png")
     alt = "cost of projected_derivatives against S, width, depth and batch"
     return Section(
