@@ -1,11 +1,15 @@
-"""The invariance study: per-tensor affine reparameterization θ_s = a_s θ̃_s + b_s (METHOD.md §6).
+"""The invariance study: affine reparameterization θ_s = a_s θ̃_s + b_s per subset (METHOD.md §6).
 
 Run by the DVC stage ``python -m bench.invariance --problem digits_mlp [--params params.yaml]``
-(:mod:`bench.invariance`). For one problem: draw a_s log-uniform in [1/scale_range, scale_range]
-and b_s ~ N(0, shift_std²) per tensor (seeded), build the twin model whose parameters are θ̃
-(same names, layers ``nn.Linear``/``nn.Conv2d`` that map θ̃ → θ in their forward), and train the
-model and its twin with every optimizer of ``invariance.optimizers`` on identical batches and
-curvature batches. After each step the twin's parameters are mapped back and compared:
+(:mod:`bench.invariance`). For one problem: draw a_s log-uniform in [1/scale_range, scale_range],
+one per subset of the problem's partition (params ``problem_settings.<problem>.partition``, else
+the problem's own; per tensor when it has none, per module for the char transformer), and b ~
+N(0, shift_std²) per entry (seeded); build the twin model whose parameters are θ̃ (same names,
+same module classes, every module with parameters computing its own forward on θ = a θ̃ + b:
+Linear, Conv2d, BatchNorm, LayerNorm, Embedding, bare ``nn.Parameter``s; :func:`reparameterize`),
+and train the model and its twin with every optimizer of ``invariance.optimizers`` (with the
+problem's partition, as the train cells give it) on identical batches and curvature batches.
+After each step the twin's parameters are mapped back and compared:
 
     parameters[t] = ‖θ − (a θ̃ + b)‖ / ‖θ‖ (all tensors as one vector),   loss[t] = |L − L̃| / |L|.
 
@@ -13,7 +17,9 @@ Expected (written next to the report's figure): ``partitioned_newton``, ``_diag`
 with the gradient or momentum proposal stay at rounding level; ``cauchy`` (S = 1, coarser than
 the maps), the Adam proposal, SGD, Adam and K-FAC drift. The stage also checks the scaling laws
 ḡ̃_s = a_s² ḡ_s, H̄̃_st = a_s² a_t² H̄_st, d̃_s = a_s² d_s and η̃_s = η_s / a_s² at the starting
-point, with u the gradient. Writes ``results/<profile>/invariance/<problem>.json`` atomically.
+point, with u the gradient, over the subsets that the flatness test keeps (a conv bias before a
+BatchNorm is dropped by it, for the model and the twin alike: ``scaling_laws.flat``). Writes
+``results/<profile>/invariance/<problem>.json`` atomically.
 """
 
 from __future__ import annotations
@@ -43,57 +49,109 @@ EXPECTATION = (
     "partitioned_newton, partitioned_newton_diag, partitioned_newton_order2 and "
     "partitioned_newton_saddle_free with the gradient or momentum proposal stay at rounding level "
     "(an order-2 run that blows up amplifies rounding chaotically: its deviation grows with its "
-    "weights); cauchy (S = 1, coarser than the per-tensor maps), the Adam proposal, SGD, Adam "
-    "and K-FAC drift (METHOD.md §6)."
+    "weights); cauchy (S = 1, coarser than the maps, one per subset of the problem's partition), "
+    "the Adam proposal, SGD, Adam and K-FAC drift (METHOD.md §6)."
 )
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 # ------------------------------------------------------------------ the reparameterized twin
 def _mapped(module: nn.Module, name: str) -> Tensor | None:
-    """θ = scale_<name> · θ̃ + shift_<name> of one parameter of a twin layer."""
-    value = getattr(module, name)
+    """θ = scale_<name> · θ̃ + shift_<name> of one parameter of a twin layer (θ̃: the value the
+    module holds now, i.e. the one ``torch.func.functional_call`` substituted, if any)."""
+    value = module._parameters[name]
     if value is None:
         return None
     return getattr(module, f"scale_{name}") * value + getattr(module, f"shift_{name}")
 
 
-def _linear_forward(self: nn.Linear, x: Tensor) -> Tensor:
-    return F.linear(x, _mapped(self, "weight"), _mapped(self, "bias"))
+def _own_mapped(module: nn.Module) -> list[str]:
+    return [name for name, p in module._parameters.items() if p is not None]
 
 
-def _conv_forward(self: nn.Conv2d, x: Tensor) -> Tensor:
-    return self._conv_forward(x, _mapped(self, "weight"), _mapped(self, "bias"))
+def _twin_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The module's own forward, with every parameter of its subtree read as a·θ̃ + b.
 
-
-_FORWARDS = {nn.Linear: _linear_forward, nn.Conv2d: _conv_forward}
+    For the duration of the call, each mapped value is put in the instance ``__dict__`` of its
+    module, where attribute lookup finds it before ``nn.Module.__getattr__`` reaches
+    ``_parameters``; the parameters themselves (names, ``named_parameters``, the optimizers'
+    view) are untouched. A parameter already mapped by an enclosing call is left alone, so the
+    outermost call maps the whole model once and inner calls are pass-throughs."""
+    installed: list[tuple[nn.Module, str]] = []
+    try:
+        for module in self._twin_subtree:
+            for name in module._twin_names:
+                if name not in module.__dict__:
+                    module.__dict__[name] = _mapped(module, name)
+                    installed.append((module, name))
+        return self._twin_original_forward(*args, **kwargs)
+    finally:
+        for module, name in installed:
+            del module.__dict__[name]
 
 
 def reparameterize(model: nn.Module, scales: dict[str, float], shifts: dict[str, Tensor]) -> None:
     """Turn ``model`` in place into its twin: parameter ``n`` holds θ̃_n = (θ_n − b_n) / a_n.
 
-    Parameter names, layer classes (still ``nn.Linear``/``nn.Conv2d``: only their ``forward`` is
-    replaced on the instance, so K-FAC recognises its layers) and outputs are unchanged. Other
-    layers with parameters are refused.
+    Parameter names, module classes and outputs are unchanged, for every module with
+    parameters (``nn.Linear``, ``nn.Conv2d``, ``nn.BatchNorm2d``, ``nn.LayerNorm``,
+    ``nn.Embedding``, a custom module holding an ``nn.Parameter`` itself, ...). Each module's
+    ``forward`` is wrapped on the instance (the class stays, so K-FAC through ASDL recognises
+    its Linear, Conv2d, BatchNorm, LayerNorm and Embedding layers): the class's own forward runs
+    with every parameter read as a·θ̃ + b (buffers ``scale_<name>``, ``shift_<name>``), and
+    gradients flow to θ̃. Why this generic mechanism rather than one forward per layer type:
+
+    - it needs no knowledge of a layer's computation, so any layer type is covered and nothing
+      can diverge from the class's own forward;
+    - the outermost call maps the whole model for the duration of the call (each mapped tensor
+      computed once), so code outside a layer's own forward that reads its parameters during
+      the forward sees θ as well: the forward hooks of inner layers (ASDL's among them) and a
+      parent module reading a child's weight;
+    - ``nn.Linear``/``nn.Conv2d`` compute exactly the float operations of the former
+      hand-written twins (``F.linear``/``_conv_forward`` on ``scale · θ̃ + shift``), so results
+      of the Linear/Conv2d models do not move.
+
+    Outside a forward the parameters read as θ̃: ``state_dict``, the optimizers (which is the
+    point), hooks of the outermost module, and hooks that run in the backward pass. ASDL's
+    K-FAC restores the normalised input of a BatchNorm/LayerNorm as (out − β)/γ in its backward
+    hook, so in the twin those unit-wise factors are computed from θ̃ (its Kronecker factors of
+    Linear/Conv2d layers, functions of the layers' inputs and output gradients, are the
+    model's): one more way in which K-FAC is not invariant, on the models with normalisation
+    layers. A parameter shared by two modules (tied weights) is refused: its map would apply
+    twice.
     """
+    owners: dict[int, str] = {}
     for module_name, module in model.named_modules():
-        own = list(module.named_parameters(recurse=False))
-        if not own:
-            continue
-        forward = _FORWARDS.get(type(module))
-        if forward is None:
-            raise ValueError(
-                f"layer {module_name!r} ({type(module).__name__}) has parameters; the invariance "
-                "stage reparameterizes nn.Linear and nn.Conv2d layers only"
-            )
-        module.forward = types.MethodType(forward, module)
-        for name, parameter in own:
+        for name in _own_mapped(module):
+            full = f"{module_name}.{name}" if module_name else name
+            key = id(module._parameters[name])
+            if key in owners:
+                raise ValueError(
+                    f"reparameterize: parameter {full!r} is the tensor {owners[key]!r} (tied "
+                    "weights): the invariance stage reparameterizes untied parameters only"
+                )
+            owners[key] = full
+            if full not in scales or full not in shifts:
+                raise ValueError(f"reparameterize: no map (scale and shift) for parameter {full!r}")
+            if hasattr(module, "_twin_names"):
+                raise ValueError(f"reparameterize: {full!r} is already a twin's parameter")
+    for module_name, module in model.named_modules():
+        names = _own_mapped(module)
+        module._twin_names = tuple(names)
+        for name in names:
+            parameter = module._parameters[name]
             full = f"{module_name}.{name}" if module_name else name
             scale = torch.tensor(scales[full], dtype=parameter.dtype, device=parameter.device)
             module.register_buffer(f"scale_{name}", scale)
             module.register_buffer(f"shift_{name}", shifts[full].to(parameter))
             with torch.no_grad():
                 parameter.copy_((parameter - shifts[full]) / scale)
+    for module in model.modules():
+        subtree = tuple(m for m in module.modules() if m._twin_names)
+        if subtree:
+            module._twin_subtree = subtree
+            module._twin_original_forward = module.forward
+            module.forward = types.MethodType(_twin_forward, module)
 
 
 def mapped_parameters(twin: nn.Module) -> dict[str, Tensor]:
@@ -106,15 +164,47 @@ def mapped_parameters(twin: nn.Module) -> dict[str, Tensor]:
     return out
 
 
-def draw_maps(model: nn.Module, seed: int, scale_range: float, shift_std: float):
-    """a_s log-uniform in [1/scale_range, scale_range], b_s ~ N(0, shift_std²), per tensor."""
+def draw_maps(
+    model: nn.Module,
+    seed: int,
+    scale_range: float,
+    shift_std: float,
+    groups: list[list[str]] | None = None,
+):
+    """a_s log-uniform in [1/scale_range, scale_range], one per subset of ``groups`` (default:
+    one per tensor, in ``named_parameters`` order), and b ~ N(0, shift_std²) per entry.
+
+    The scale must be constant on each subset of the partition the optimizer uses (METHOD.md
+    §6); the shift may vary entry by entry (it never enters the step). One uniform draw per
+    subset, in the order of ``groups``: per-tensor groups draw exactly what per tensor does."""
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    scales, shifts = {}, {}
+    names = [name for name, _ in model.named_parameters()]
+    groups = [[name] for name in names] if groups is None else groups
+    scales: dict[str, float] = {}
+    for group in groups:
+        scale = float(scale_range ** rng.uniform(-1.0, 1.0))
+        scales.update(dict.fromkeys(group, scale))
+    missing = [name for name in names if name not in scales]
+    if missing:
+        raise ValueError(f"draw_maps: groups leave parameters without a scale: {missing}")
+    shifts = {}
     for name, p in model.named_parameters():
-        scales[name] = float(scale_range ** rng.uniform(-1.0, 1.0))
         shifts[name] = torch.randn(p.shape, generator=gen, dtype=torch.float64) * shift_std
     return scales, shifts
+
+
+def map_groups(model: nn.Module, partition: str | None) -> list[list[str]]:
+    """The subsets on which the maps are constant: those of ``partition`` (a name of
+    ``optimizers.partition.PARTITIONS``, or ``blocks<k>``; None: one per tensor)."""
+    from optimizers import partition as partitions
+
+    if partition is None:
+        return partitions.per_tensor(model)
+    suffix = partition[len("blocks") :]
+    if partition.startswith("blocks") and suffix.isdigit():
+        return partitions.blocks(model, int(suffix))
+    return partitions.get_partition(partition)(model)
 
 
 def _relative(a: Tensor, b: Tensor) -> float:
@@ -134,11 +224,21 @@ def deviation(model: nn.Module, twin: nn.Module) -> float:
 
 # ------------------------------------------------------------------------- the study
 def scaling_laws(
-    model, twin, scales, batch, lambda_int: float = 1.0, criterion=F.cross_entropy
-) -> dict[str, float]:
-    """Max relative errors of ḡ̃ = a²ḡ, H̄̃ = a_s²a_t²H̄, d̃ = a²d, η̃ = η/a² (u = the gradient)."""
-    from optimizers import functional_loss, partition, projected_derivatives
+    model, twin, scales, batch, lambda_int: float = 1.0, criterion=F.cross_entropy, groups=None
+) -> dict[str, Any]:
+    """Max relative errors of ḡ̃ = a²ḡ, H̄̃ = a_s²a_t²H̄, d̃ = a²d, η̃ = η/a² (u = the gradient),
+    over the subsets ``groups`` (default: one per tensor; ``scales`` constant on each).
+
+    The step is solved as the optimizer solves it, without the subsets the flatness test drops
+    (``optimizers.flatness``: a conv bias before a BatchNorm; their ḡ_s, H̄_s·, d_s are
+    rounding noise, which no scaling law holds for). That test is invariant itself: the record
+    lists the subsets dropped for the model and for the twin (``flat``, ``flat_twin``), the
+    same ones when it holds."""
+    from optimizers import functional_loss
+    from optimizers.flatness import flat_subsets, projected_derivatives_with_flatness
     from optimizers.subspace import subspace_step
+
+    groups = map_groups(model, None) if groups is None else groups
 
     def derivatives(net):
         loss_fn = functional_loss(net, criterion, *batch)
@@ -146,29 +246,29 @@ def scaling_laws(
         grads = torch.autograd.grad(loss_fn(live), list(live.values()))
         params = {n: p.detach() for n, p in live.items()}
         direction = dict(zip(params, grads, strict=True))
-        g, h, d3 = projected_derivatives(
-            loss_fn, params, partition.per_tensor(net), direction, 3, diagonal=True
+        (g, h, d3), ratios = projected_derivatives_with_flatness(
+            loss_fn, params, groups, direction, 3, diagonal=True
         )
+        flat = flat_subsets(ratios, next(iter(params.values())).dtype)
         d = d3.abs().double() ** (1.0 / 3.0)
-        return g.double(), h.double(), d, subspace_step(g, h, d, lambda_int)
+        return g.double(), h.double(), d, flat, subspace_step(g, h, d, lambda_int, flat=flat)
 
-    g, h, d, step = derivatives(model)
-    g2, h2, d2, step2 = derivatives(twin)
-    a2 = torch.tensor([scales[group[0]] ** 2 for group in _groups(model)], dtype=torch.float64)
+    g, h, d, flat, step = derivatives(model)
+    g2, h2, d2, flat2, step2 = derivatives(twin)
+    a2 = torch.tensor([scales[group[0]] ** 2 for group in groups], dtype=torch.float64)
+    keep = ~(flat | flat2)  # the laws on the subsets whose entries are not rounding noise
     laws = {
-        "g": _relative(g2, a2 * g),
-        "H": _relative(h2, a2[:, None] * a2[None, :] * h),
-        "d": _relative(d2, a2 * d),
+        "g": _relative(g2[keep], (a2 * g)[keep]),
+        "H": _relative(h2[keep][:, keep], (a2[:, None] * a2[None, :] * h)[keep][:, keep]),
+        "d": _relative(d2[keep], (a2 * d)[keep]),
         "eta": _relative(step2.eta, step.eta / a2) if step.ok and step2.ok else None,
         "solver_status": str(step.status.value),
+        "flat": [",".join(group) for group, f in zip(groups, flat.tolist(), strict=True) if f],
+        "flat_twin": [
+            ",".join(group) for group, f in zip(groups, flat2.tolist(), strict=True) if f
+        ],
     }
     return laws
-
-
-def _groups(model: nn.Module) -> list[list[str]]:
-    from optimizers import partition
-
-    return partition.per_tensor(model)
 
 
 def _model_and_twin(problem: Any, seed: int, dtype: torch.dtype, scales, shifts):
@@ -213,8 +313,12 @@ def study(
     scale_range: float,
     shift_std: float,
     min_movement: float,
+    partition: str | None = None,
 ) -> dict[str, Any]:
-    """Train model and twin with every optimizer; deviations per step (pure, no I/O)."""
+    """Train model and twin with every optimizer; deviations per step (pure, no I/O).
+
+    The scales are constant on the subsets of ``partition`` (:func:`map_groups`; None: per
+    tensor), the partition the invariant optimizers are given in ``optimizers``."""
     from bench.training.runs import problem_criterion
 
     floating = torch.as_tensor(splits.x_train[:0]).is_floating_point()
@@ -228,7 +332,8 @@ def study(
         return x[rows], y[rows]
 
     template = problem.make_model(seed, dtype=dtype)
-    scales, shifts = draw_maps(template, seed + 1, scale_range, shift_std)
+    groups = map_groups(template, partition)
+    scales, shifts = draw_maps(template, seed + 1, scale_range, shift_std, groups)
     result: dict[str, Any] = {"per_step": {}, "moved": {}, "max_relative_deviation": {}}
     result["max_loss_deviation"] = {}
     for name, hyperparameters in optimizers.items():
@@ -254,8 +359,9 @@ def study(
         )
     model, twin = _model_and_twin(problem, seed, dtype, scales, shifts)
     result["scaling_laws"] = scaling_laws(
-        model, twin, scales, batch(0, offset=count // 2), criterion=criterion
+        model, twin, scales, batch(0, offset=count // 2), criterion=criterion, groups=groups
     )
+    result["map_partition"] = partition or "per_tensor"
     result["scales"] = scales
     return result
 
@@ -277,6 +383,7 @@ def invariance_hyperparameters(config: Config, name: str) -> dict[str, Any]:
 def invariance_cell(config: Config, problem_name: str, results: Path = Path("results")) -> Path:
     """Run the study on one problem of ``config`` and write its record; return the path."""
     from bench.problems import get_problem
+    from bench.training.cells import cell_hyperparameters
 
     settings = config.invariance
     if problem_name not in config.problems:
@@ -288,7 +395,12 @@ def invariance_cell(config: Config, problem_name: str, results: Path = Path("res
     splits = prepared_splits(config, problem.dataset, results)
     torch.set_num_threads(config.train.threads)
     names = settings.optimizers or tuple(config.optimizers)
-    optimizers = {name: invariance_hyperparameters(config, name) for name in names}
+    # the problem's partition (params' problem_settings, else its own), as the train cells do
+    partition = config.settings_of(problem_name).partition or problem.partition
+    optimizers = {
+        name: cell_hyperparameters(config, problem, name, invariance_hyperparameters(config, name))
+        for name in names
+    }
     outcome = study(
         problem,
         splits,
@@ -300,6 +412,7 @@ def invariance_cell(config: Config, problem_name: str, results: Path = Path("res
         scale_range=settings.scale_range,
         shift_std=settings.shift_std,
         min_movement=settings.min_movement,
+        partition=partition,
     )
     record = {
         "problem": problem_name,
