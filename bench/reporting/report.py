@@ -317,7 +317,7 @@ def provenance_section(inputs: Inputs) -> Section:
         "Provenance",
         (
             Paragraph("Collected from the `provenance` record of every run's metrics.json."),
-            Table(tables.provenance_table(inputs.runs)),
+            Table(tables.provenance_table(inputs.runs), wrap=True),
         ),
     )
 
