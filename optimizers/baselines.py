@@ -298,6 +298,8 @@ class KfacOptimizer(TrainingOptimizer):
       ASDL reads only ``grad_output`` (the gradient w.r.t. the layer output, which the legacy
       hook gives correctly: tests/test_kfac.py checks the factors against a reference), so the
       warning is silenced inside ``step``.
+    - ASDL computes an ``nn.Embedding``'s input factor in float32 whatever the model's dtype;
+      it is cast to the weight's dtype (a no-op in float32), so K-FAC runs in float64 too.
     - ASDL keeps its factors as attributes of the layers; ``state_dict`` copies them out
       (``"curvature"``: tensors keyed ``<layer>/<part>.<field>``) and ``load_state_dict`` puts
       them back, so a resumed run continues bitwise on CPU.
@@ -558,7 +560,25 @@ def _import_asdl() -> types.ModuleType:
         null = types.SimpleNamespace(range=lambda *args, **kwargs: contextlib.nullcontext())
         for module in (asdl.operations.operation, asdl.precondition.natural_gradient, asdl.utils):
             module.nvtx = null
+    _embedding_factor_in_weight_dtype(asdl)
     return asdl
+
+
+def _embedding_factor_in_weight_dtype(asdl: types.ModuleType) -> None:
+    """ASDL's ``Embedding.cov_kron_A`` returns the token counts' Gram matrix in float32 whatever
+    the weights' dtype (``counts.float()``), so a float64 model with an ``nn.Embedding`` fails
+    in the matrix product with its float64 factors. The factor is cast to the weight's dtype:
+    for a float32 model ``.to`` returns the same tensor (the same numbers as ASDL's)."""
+    embedding = asdl.operations.Embedding
+    if getattr(embedding, "_hobench_weight_dtype", False):
+        return
+    original = embedding.cov_kron_A
+
+    def cov_kron_A(module: nn.Module, in_data: Tensor) -> Tensor:
+        return original(module, in_data).to(module.weight.dtype)
+
+    embedding.cov_kron_A = staticmethod(cov_kron_A)
+    embedding._hobench_weight_dtype = True
 
 
 def _require_asdl(module: str) -> types.ModuleType:

@@ -166,7 +166,9 @@ def test_the_example_workflow_runs_the_tested_commands():
     assert '_make("repro", "PROFILE=ci")' in e2e and '_make("compare", "BASE=HEAD"' in e2e
 
 
-def test_problem_settings_are_a_param_of_the_tune_and_train_cells_only(tmp_path):
+def test_problem_settings_are_a_param_of_the_stages_that_read_them(tmp_path):
+    """tune and train (budgets, partitions), invariance (the partition of its maps and of the
+    optimizers), timing (the batch size)."""
     params = tiny_params(tmp_path)
     stages = _stages(pipeline.render(_project(tmp_path, params), tmp_path))
     assert not any("problem_settings" in stage.get("params", []) for stage in stages.values())
@@ -175,4 +177,4 @@ def test_problem_settings_are_a_param_of_the_tune_and_train_cells_only(tmp_path)
     reading = {
         name for name, stage in stages.items() if "problem_settings" in stage.get("params", [])
     }
-    assert reading == {"tune", "train"}
+    assert reading == {"tune", "train", "invariance", "timing"}
