@@ -293,19 +293,19 @@ def test_coverage_names_the_preconditioned_parameters_and_the_plain_ones(seed):
     assert _kfac(_mlp(seed).float(), seed).coverage.plain == ()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("model_class", [_Mixed, _ConvBatchNorm])
-def test_coverage_agrees_with_what_the_step_does_to_each_gradient(seed, model_class):
+def test_coverage_agrees_with_what_the_step_does_to_each_gradient(seed, model_class, dtype):
     """After one step (lr 0, no momentum), the gradient of a parameter listed as plain is the
-    autograd gradient of the batch loss, unchanged; every preconditioned one differs from it.
-    (float32: ASDL's Embedding factor is float32 whatever the model's dtype.)"""
+    autograd gradient of the batch loss, unchanged; every preconditioned one differs from it."""
     torch.manual_seed(seed)
-    model = model_class()
+    model = model_class().to(dtype)
     reference = copy.deepcopy(model)
     g = torch.Generator().manual_seed(seed)
     if model_class is _Mixed:
         x = torch.randint(0, 7, (6, 5), generator=g)
     else:
-        x = torch.randn(6, 1, 8, 8, generator=g)
+        x = torch.randn(6, 1, 8, 8, generator=g, dtype=dtype)
     y = torch.randint(0, 5, (6,), generator=g)
     F.cross_entropy(reference(x), y).backward()
     optimizer = _kfac(model, seed)
