@@ -403,6 +403,9 @@ def write_tune_files(
             (folder / f"{optimizer}.json").write_text(json.dumps(record, indent=2))
 
 
+FLAT = {"mnist5k_bnresnet": ["0.bias", "3.conv1.bias"]}  # conv biases before a BatchNorm
+
+
 def write_study_files(
     root: Path, *, profile: str = "default", layout: dict[str, tuple[str, ...]] | None = None
 ) -> None:
@@ -425,7 +428,9 @@ def write_study_files(
             "expected_invariant": [o for o in optimizers if o in OURS],
             "max_relative_deviation": deviation,
             "scaling_laws": {"g": 1e-16, "H": 2e-16, "d": 1e-16, "eta": 4e-16,
-                             "solver_status": "newton"},
+                             "solver_status": "newton", "flat": FLAT.get(problem, []),
+                             "flat_twin": FLAT.get(problem, [])},
+            "map_partition": "per_module" if problem == GRID_LM else "per_tensor",
             "per_step": {o: {"parameters": [(v or 0.0) * k / 4 for k in range(1, 5)],
                              "loss": [0.0] * 4} for o, v in deviation.items()},
         }  # fmt: skip

@@ -777,6 +777,14 @@ def test_grid_report_without_variants_has_no_ablation_and_no_empty_table(grid):
     assert "Not in this report" not in markdown
     invariance = markdown.split("## Reparameterization invariance", 1)[1].split("\n## ", 1)[0]
     assert "| kfac |" in invariance and "not exercised" in invariance
+    assert f"per_tensor: digits_mlp, mnist5k_lenet5, mnist5k_bnresnet; per_module: {GRID_LM}" in (
+        invariance
+    )  # the partition the maps are constant on
+    assert (
+        "| mnist5k_bnresnet | 1.0e-16 | 2.0e-16 | 1.0e-16 | 4.0e-16 | newton | 0.bias, "
+        in (invariance)
+        and "| digits_mlp | 1.0e-16 | 2.0e-16 | 1.0e-16 | 4.0e-16 | newton | none |" in invariance
+    )
     columns = next(line for line in invariance.splitlines() if line.startswith("| optimizer"))
     assert columns == "| optimizer | " + " | ".join(GRID_PROBLEMS) + " |"  # params' order
     tuning_part = markdown.split("## Tuning", 1)[1].split("\n## ", 1)[0]

@@ -62,8 +62,28 @@ def scaling_frame(records: dict[str, dict[str, Any]]) -> pd.DataFrame:
         for key in ("g", "H", "d", "eta"):
             row[f"{key} rel. error"] = "—" if laws.get(key) is None else f"{laws[key]:.1e}"
         row["solver status"] = laws.get("solver_status", "—")
+        row["flat subsets left out"] = _flat_cell(laws)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _flat_cell(laws: dict[str, Any]) -> str:
+    """The subsets the flatness test dropped from the solve ('none'; model and twin apart when
+    they differ; '—' in a record without the lists)."""
+    if "flat" not in laws:
+        return "—"
+    model, twin = laws["flat"], laws.get("flat_twin", laws["flat"])
+    text = ", ".join(model) or "none"
+    return text if model == twin else f"model: {text}; twin: {', '.join(twin) or 'none'}"
+
+
+def _maps(records: dict[str, dict[str, Any]]) -> str:
+    """'per_tensor: a, b; per_module: c': the partition whose subsets each a_s, b_s are
+    constant on, per problem (per tensor in a record that does not say)."""
+    by_partition: dict[str, list[str]] = {}
+    for problem, record in records.items():
+        by_partition.setdefault(record.get("map_partition", "per_tensor"), []).append(problem)
+    return "; ".join(f"{p}: {', '.join(names)}" for p, names in by_partition.items())
 
 
 def invariance_figure(records: dict[str, dict[str, Any]], path: Path) -> Path:
@@ -107,9 +127,10 @@ def section(
         (
             Paragraph(
                 f"Each problem's model and its twin θ_s = a_s θ̃_s + b_s (a_s log-uniform in "
-                f"[0.1, 10], per tensor) are trained on identical batches for {first['steps']} "
-                f"steps in {first['dtype']}; the table gives the maximum over steps of "
-                f"‖θ − (aθ̃ + b)‖ / ‖θ‖. Expected: {first['expected']}"
+                "[1/r, r], r = params `invariance.scale_range`, one map per subset of the "
+                f"problem's partition — {_maps(records)}) are trained on identical batches for "
+                f"{first['steps']} steps in {first['dtype']}; the table gives the maximum over "
+                f"steps of ‖θ − (aθ̃ + b)‖ / ‖θ‖. Expected: {first['expected']}"
             ),
             Table(invariance_frame(records)),
             Image(figure, "parameter deviation between a model and its reparameterized twin"),
@@ -120,7 +141,10 @@ def section(
             ),
             Paragraph(
                 "Scaling laws at the starting point (u = the gradient): relative errors of "
-                "ḡ̃ = a²ḡ, H̄̃ = a_s²a_t²H̄, d̃ = a²d and η̃ = η/a² (METHOD.md §6)."
+                "ḡ̃ = a²ḡ, H̄̃ = a_s²a_t²H̄, d̃ = a²d and η̃ = η/a² (METHOD.md §6), over the "
+                "subsets the solve keeps (a subset along which the loss is numerically "
+                "constant, e.g. a conv bias before a BatchNorm, is left out, as the optimizer "
+                "leaves it out)."
             ),
             Table(scaling_frame(records)),
         ),
