@@ -862,3 +862,41 @@ def test_grid_headline_goes_into_the_readme_as_it_is(grid, tmp_path):
     assert sync.main(["--readme", str(readme)]) == 0
     assert tables.readme_headline(readme.read_text()) == (out / "headline.md").read_text()
     assert sync.main(["--check", "--readme", str(readme)]) == 0
+
+
+def test_verdicts_say_within_noise_diverged_did_not_train_and_no_interval():
+    """The branches the grid fixture does not reach: ours behind within noise (and the winner's
+    runner-up within noise), ours diverged on every seed, ours did not train, one seed pair."""
+    from bench.reporting import verdicts
+
+    ours = "partitioned_newton"
+    summary = _summary(
+        {
+            ("p", "sgd"): [(0, 1, None, 0.50, 0.90), (0, 1, None, 0.60, 0.80),
+                           (0, 1, None, 0.55, 0.85)],
+            ("p", ours): [(0, 1, None, 0.52, 0.86), (0, 1, None, 0.58, 0.84),
+                          (0, 1, None, 0.56, 0.83)],
+            ("q", "sgd"): [(0, 1, None, 0.5, 0.9), (0, 1, None, 0.6, 0.8)],
+            ("q", ours): [(1, 0, None, float("nan"), 0.1), (1, 0, None, float("nan"), 0.1)],
+            ("r", "sgd"): [(0, 1, None, 0.5, 0.9), (0, 1, None, 0.6, 0.8)],
+            ("r", ours): [(0, 0, 0, 2.3, 0.1), (0, 0, 0, 2.3, 0.1)],
+        }
+    )  # fmt: skip
+    p, q, r = verdicts.verdict_lines(summary)
+    assert "highest test accuracy: **sgd**, 85.00 ± 5.00 % over 3 seeds" in p
+    assert f"({ours} within noise: paired 95% interval [" in p  # the runner-up
+    assert "test accuracy: behind sgd within noise, 0.67 points lower (paired 95% interval [" in p
+    assert "training loss: behind sgd within noise, 0.00333 higher (paired" in p
+    assert q.endswith(f"Ours (`{ours}`) diverged on every seed (2/2).")
+    assert r.endswith(
+        f"Ours (`{ours}`) did not train (no non-diverged run lowered its training loss)."
+    )
+    assert "lowest training loss: **sgd**" in r  # the cell that did not train is no winner
+    single = _summary(
+        {("s", "sgd"): [(0, 1, None, 0.3, 0.9)], ("s", ours): [(0, 1, None, 0.4, 0.8)]}
+    )
+    (line,) = verdicts.verdict_lines(single)
+    assert (
+        "over 1 seed;" in line
+        and "training loss: behind sgd, 0.1 higher (1 seed pair: no interval)" in line
+    )
