@@ -897,6 +897,20 @@ def test_verdicts_say_within_noise_diverged_did_not_train_and_no_interval():
     )
     (line,) = verdicts.verdict_lines(single)
     assert (
-        "over 1 seed;" in line
-        and "training loss: behind sgd, 0.1 higher (1 seed pair: no interval)" in line
+        "**sgd**, 90.00 % (n=1) over 1 seed;" in line
+        and "training loss: behind sgd, 0.100 higher (1 seed pair: no interval)" in line
     )
+
+
+def test_invariance_section_names_the_problems_without_a_record(tmp_path):
+    from bench.reporting import invariance_section
+
+    write_study_files(tmp_path, layout={"digits_mlp": ("sgd", "partitioned_newton")})
+    figures_dir = tmp_path / "figures"
+    figures_dir.mkdir()
+    found = invariance_section.section(tmp_path, "default", figures_dir, ("digits_mlp", GRID_LM))
+    text = document.Document("t", [found]).markdown()
+    assert f"No invariance record yet for `{GRID_LM}` (`dvc repro invariance`)." in text
+    assert "| optimizer | digits_mlp |" in text
+    whole = invariance_section.section(tmp_path, "default", figures_dir, ("digits_mlp",))
+    assert "No invariance record" not in document.Document("t", [whole]).markdown()

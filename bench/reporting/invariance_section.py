@@ -122,6 +122,17 @@ def section(
     records = {problem: found[problem] for problem in order}
     first = next(iter(records.values()))
     figure = invariance_figure(records, figures_dir / "invariance.png")
+    lacking = [p for p in problems if p not in found]
+    missing = (
+        [
+            Paragraph(
+                f"No invariance record yet for {', '.join(f'`{p}`' for p in lacking)} "
+                "(`dvc repro invariance`)."
+            )
+        ]  # fmt: skip
+        if lacking
+        else []
+    )
     return Section(
         TITLE,
         (
@@ -132,6 +143,7 @@ def section(
                 f"{first['steps']} steps in {first['dtype']}; the table gives the maximum over "
                 f"steps of ‖θ − (aθ̃ + b)‖ / ‖θ‖. Expected: {first['expected']}"
             ),
+            *missing,
             Table(invariance_frame(records)),
             Image(figure, "parameter deviation between a model and its reparameterized twin"),
             Paragraph(

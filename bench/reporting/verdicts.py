@@ -72,8 +72,10 @@ def seeds_text(row: pd.Series) -> str:
 
 
 def _amount(comparison: compare.Comparison, metric: Metric) -> str:
-    """'0.38 points lower', '2.33 higher': the size and side of ours − the other's mean."""
-    size = tables.number(abs(comparison.difference), metric.percent, digits=3)
+    """'0.38 points lower', '2.33 higher', '1.00 higher': the size (3 significant digits,
+    trailing zeros kept) and side of ours − the other's mean."""
+    value = abs(comparison.difference)
+    size = tables.number(value, True) if metric.percent else f"{value:#.3g}".rstrip(".")
     side = "higher" if comparison.difference > 0 else "lower"
     return f"{size}{' points' * metric.percent} {side}"
 
@@ -128,9 +130,12 @@ def winner_clause(problem: ProblemStats, metric: Metric) -> tuple[str, list[str]
     winners = [o for o in order if problem.row(o, metric)["mean"] == best]
     row = problem.row(winners[0], metric)
     value = tables.mean_std(row, metric.percent, show_diverged=False)
+    if metric.percent:  # '90.00 ± 0.50 %', '90.00 % (n=1)'
+        head, bracket, tail = value.partition(" (")
+        value = f"{head} %{bracket}{tail}"
     text = (
         f"{metric.superlative} {metric.name}: {' and '.join(f'**{o}**' for o in winners)}, "
-        f"{value}{' %' * metric.percent} over {seeds_text(row)}"
+        f"{value} over {seeds_text(row)}"
     )
     if len(order) > len(winners):
         runner_up = order[len(winners)]
