@@ -33,7 +33,12 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import (  # noqa: E402
+    FuncFormatter,
+    LogFormatter,
+    MaxNLocator,
+    NullFormatter,
+)
 from PIL import Image  # noqa: E402
 
 from bench import schema  # noqa: E402
@@ -155,6 +160,7 @@ def training_loss(runs: Sequence[Run], path: Path, palette: dict) -> Path | None
             _draw_runs(axes, cell, TRAIN_LOSS, x, palette[optimizer], optimizer, log=True)
     for axes, xlabel in ((by_epoch, "epoch"), (by_time, "wall-clock (s, optimisation only)")):
         axes.set_yscale("log")
+        plain_log_ticks(axes)
         axes.set_xlabel(xlabel)
         axes.set_ylabel("training loss (whole training split)")
     by_epoch.legend(fontsize=8)
@@ -176,8 +182,7 @@ def _epoch_figure(
     if log:
         axes.set_yscale("log")
     if plain_ticks:
-        axes.yaxis.set_major_formatter(FuncFormatter(plain_number))
-        axes.yaxis.set_minor_formatter(FuncFormatter(plain_number))
+        plain_log_ticks(axes)
     axes.set_xlabel("epoch")
     axes.set_ylabel(ylabel)
     axes.legend(fontsize=8)
@@ -267,6 +272,15 @@ def tick_labels(names: Sequence[str]) -> list[str]:
     counts = {label: short.count(label) for label in short}
     return [subset_label(n) if counts[label] > 1 else label for n, label in zip(names, short,
             strict=True)]  # fmt: skip
+
+
+def plain_log_ticks(axes: Axes) -> None:
+    """Plain-number labels on a log y-axis (``3``, ``0.02``, not ``3×10⁰``): the decades always,
+    the ticks between them only when the axis spans less than about two decades (matplotlib's
+    :class:`~matplotlib.ticker.LogFormatter` thresholds): a narrow range is labelled, a wide
+    one not crowded."""
+    axes.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    axes.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
 
 def plain_number(value: float, _position=None) -> str:
