@@ -4,7 +4,8 @@ The sections, tables and figures are :mod:`bench.reporting.report`'s. Reads para
 ``train.probe.optimizers`` (whose probe sentences the report gives) and the cells
 ``problems × optimizers × seeds`` (exactly those runs; a missing one is an error), with the tune
 files of their (problem, optimizer) cells (the grid edges) and the invariance and timing results
-when present.
+when present. Where K-FAC ran, it builds the problem's model and a K-FAC optimizer on it to say
+which parameters K-FAC preconditions (:mod:`bench.reporting.coverage`).
 
     python -m bench.report [--params params.yaml] [--profile default] [--results results]
                            [--reports reports]

@@ -8,6 +8,10 @@
 - :mod:`~bench.reporting.comparisons`: Student-t intervals, paired comparisons of ours against
   the baselines, Dolan–Moré performance profiles;
 - :mod:`~bench.reporting.tables`: formatting, the headline table and the report's tables;
+- :mod:`~bench.reporting.verdicts`: the headline's line per problem (who wins on its own metric
+  and on the training loss, how ours stands against the winner, by the paired interval);
+- :mod:`~bench.reporting.coverage`: what K-FAC preconditions on each problem's model (the
+  report builds the model and the optimizer to ask);
 - :mod:`~bench.reporting.document`: sections of blocks → Markdown and self-contained HTML;
 - :mod:`~bench.reporting.figures`, :mod:`~bench.reporting.profile_section`,
   :mod:`~bench.reporting.tuning`, :mod:`~bench.reporting.invariance_section`,

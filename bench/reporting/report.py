@@ -14,8 +14,10 @@ section is there only when its data is: no ablation section when no variant ran,
 without probe data, no study section without the study's results (the intro names those left
 out); a probe sentence only for an optimizer that was run.
 
-The report is a list of :class:`~bench.reporting.document.Section`: intro, (contents), headline,
-one per problem (final metrics, paired comparisons, time to target, then one per
+The report is a list of :class:`~bench.reporting.document.Section`: intro, (contents), headline
+(the table, then a line per problem: :mod:`~bench.reporting.verdicts`), one per problem in
+params' order (final metrics, with K-FAC's coverage of the model when it ran, paired
+comparisons, time to target, then one per
 :data:`FIGURES_OF_A_PROBLEM` entry, whose own ``details`` add what belongs under that figure),
 the performance profile, tuning, invariance, timing, provenance.
 """
