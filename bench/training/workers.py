@@ -6,10 +6,14 @@ computes do not depend on which process runs it, nor on what runs beside it. ``r
 (never a DVC parameter, never in a fingerprint) sets how many processes a cell uses.
 
 With one worker, or one piece, the pieces run in this process, one after the other: exactly
-what a cell did before workers existed. Otherwise they run in ``spawn``-ed processes (a fresh
-interpreter: no torch thread pool or RNG state inherited by ``fork``), each set up like a stage
-(``train.threads``, ``train.deterministic``) and reading the params file itself (its plugins
-and registered optimizers included). The first piece that fails stops the pieces not yet
+what a cell did before workers existed. Otherwise they run in child processes, each set up like
+a stage (``train.threads``, ``train.deterministic``) and reading the params file itself (its
+plugins and registered optimizers included). On Linux the children are ``fork``-ed, as torch's
+own DataLoader workers are: they inherit the imported modules (torch, and ``torch._dynamo``,
+which the first ``torch.optim`` optimizer of a process imports, 2–4 s, imported here once
+before forking) instead of importing them again; nothing has run on torch's thread pool yet
+(the pieces start from their seeds, not from this process's state). Elsewhere they are
+``spawn``-ed (fresh interpreters). The first piece that fails stops the pieces not yet
 started and its exception is raised here; the pieces already finished keep their results
 (each writes its own outputs atomically).
 """
@@ -51,7 +55,10 @@ def run_pieces(
     count = min(workers, len(pieces))
     if count <= 1:
         return [function(*piece) for piece in pieces]
-    context = multiprocessing.get_context("spawn")
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    if method == "fork":
+        import torch._dynamo  # noqa: F401  (see the module docstring)
+    context = multiprocessing.get_context(method)
     with ProcessPoolExecutor(
         max_workers=count, mp_context=context, initializer=_setup,
         initargs=(threads, deterministic),
