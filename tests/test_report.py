@@ -744,16 +744,20 @@ def test_grid_headline_says_plainly_where_ours_loses(grid):
     assert _verdict(headline, "digits_mlp").endswith("Ours (`partitioned_newton`): best on both.")
     cnn = _verdict(headline, "mnist5k_bnresnet")
     assert "Ours (`partitioned_newton`, 1 of 5 seeds diverged): test accuracy: best; " in cnn
-    assert "training loss: loses to kfac, " in cnn and "4 seed pairs" in cnn
+    assert "training loss: 2nd of 4, loses to kfac, " in cnn and "4 seed pairs" in cnn
     line = _verdict(headline, GRID_LM)
-    assert "test perplexity: loses to adam, " in line and "training loss: loses to adam, " in line
+    assert "test perplexity: 4th of 4, loses to adam, " in line
+    assert "training loss: 4th of 4, loses to adam, " in line
+    assert "also loses to kfac, sgd (their paired intervals exclude 0)" in line
     ours, adam = (
         _kept(written, GRID_LM, o, "final_test_perplexity") for o in ("partitioned_newton", "adam")
     )
     d = ours - adam  # no seed diverged on the transformer: every seed pairs
     half = stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
-    found = re.search(r"test perplexity: loses to adam, ([0-9.]+) higher \(paired 95% interval "
-                      r"\[([0-9.]+), ([0-9.]+)\], 5 seed pairs\)", line)  # fmt: skip
+    found = re.search(
+        r"test perplexity: 4th of 4, loses to adam, ([0-9.]+) higher \(paired 95% interval "
+        r"\[([0-9.]+), ([0-9.]+)\], 5 seed pairs\)", line
+    )  # fmt: skip
     assert found, line
     assert [float(v) for v in found.groups()] == pytest.approx(
         [d.mean(), d.mean() - half, d.mean() + half],
@@ -885,20 +889,37 @@ def test_verdicts_say_within_noise_diverged_did_not_train_and_no_interval():
     p, q, r = verdicts.verdict_lines(summary)
     assert "highest test accuracy: **sgd**, 85.00 ± 5.00 % over 3 seeds" in p
     assert f"({ours} within noise: paired 95% interval [" in p  # the runner-up
-    assert "test accuracy: behind sgd within noise, 0.67 points lower (paired 95% interval [" in p
-    assert "training loss: behind sgd within noise, 0.00333 higher (paired" in p
+    assert (
+        "test accuracy: 2nd of 2, behind sgd within noise, 0.67 points lower (paired 95% interval ["
+        in p
+    )
+    assert "training loss: 2nd of 2, behind sgd within noise, 0.00333 higher (paired" in p
     assert q.endswith(f"Ours (`{ours}`) diverged on every seed (2/2).")
     assert r.endswith(
         f"Ours (`{ours}`) did not train (no non-diverged run lowered its training loss)."
     )
     assert "lowest training loss: **sgd**" in r  # the cell that did not train is no winner
+
+    def trained(*finals):  # (final loss, final accuracy) per seed, none diverged
+        return [(0, 1, None, loss, accuracy) for loss, accuracy in finals]
+
+    beaten = _summary(
+        {
+            ("t", "sgd"): trained((0.5, 0.95), (0.6, 0.75), (0.55, 0.85)),
+            ("t", ours): trained((0.52, 0.80), (0.58, 0.80), (0.56, 0.81)),
+            ("t", "adam"): trained((0.6, 0.82), (0.7, 0.82), (0.65, 0.83)),
+        }
+    )
+    (line,) = verdicts.verdict_lines(beaten)
+    assert "test accuracy: 3rd of 3, behind sgd within noise, " in line  # of the winner, but
+    assert "; also loses to adam (its paired interval excludes 0); training loss: 2nd of 3" in line
     single = _summary(
         {("s", "sgd"): [(0, 1, None, 0.3, 0.9)], ("s", ours): [(0, 1, None, 0.4, 0.8)]}
     )
     (line,) = verdicts.verdict_lines(single)
     assert (
         "**sgd**, 90.00 % (n=1) over 1 seed;" in line
-        and "training loss: behind sgd, 0.100 higher (1 seed pair: no interval)" in line
+        and "training loss: 2nd of 2, behind sgd, 0.100 higher (1 seed pair: no interval)" in line
     )
 
 

@@ -8,11 +8,12 @@ is the optimizer with the best mean over its non-diverged seeds among the cells 
 mean ± std and the seeds behind it. When the runner-up is within noise of it (the paired
 interval of :data:`bench.reporting.comparisons.PAIRED_RULE` includes zero) the line says so.
 
-Then ours (:data:`bench.reporting.comparisons.OURS`), when it ran on the problem, against the
-winner of each metric: ``best``, ``loses to <winner>`` (the paired interval excludes zero on
-its worse side), ``behind <winner> within noise`` (the interval includes zero), or without an
-interval when fewer than two seed pairs are left; a negative result is stated as plainly as a
-positive one.
+Then ours (:data:`bench.reporting.comparisons.OURS`), when it ran on the problem, on each
+metric: ``best``, or its rank by mean and, against the winner, ``loses to <winner>`` (the
+paired interval excludes zero on its worse side), ``behind <winner> within noise`` (the
+interval includes zero) or without an interval when fewer than two seed pairs are left, then
+every other optimizer it also loses to; a negative result is stated as plainly as a positive
+one.
 """
 
 from __future__ import annotations
@@ -145,6 +146,29 @@ def winner_clause(problem: ProblemStats, metric: Metric) -> tuple[str, list[str]
     return text, winners
 
 
+def _ordinal(rank: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 21st."""
+    suffix = "th" if 10 <= rank % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(rank % 10, "th")
+    return f"{rank}{suffix}"
+
+
+def _behind(problem: ProblemStats, metric: Metric, winner: str) -> str:
+    """Ours' rank by mean, its standing against ``winner`` (:func:`ours_clause`) and the other
+    optimizers it also loses to (their paired interval excludes zero on ours' worse side): a
+    'within noise' of the winner says nothing of those."""
+    ours = compare.OURS
+    order = ranked(problem.stats, problem.name, metric, problem.stalled)
+    clause = ours_clause(problem.compare(ours, winner, metric), metric)
+    head, _, rest = clause.partition(": ")
+    if ours in order:
+        head += f": {_ordinal(order.index(ours) + 1)} of {len(order)}"
+    others = [o for o in order if o not in (ours, winner)]
+    also = [o for o in others if problem.compare(ours, o, metric).ours_better is False]
+    which = "their paired intervals exclude" if len(also) > 1 else "its paired interval excludes"
+    tail = f"; also loses to {', '.join(also)} ({which} 0)" if also else ""
+    return f"{head}, {rest}{tail}"
+
+
 def ours_sentence(problem: ProblemStats, winners: Sequence[list[str]]) -> str | None:
     """Ours against the winner of each metric (None: ours did not run on the problem)."""
     ours = compare.OURS
@@ -158,12 +182,10 @@ def ours_sentence(problem: ProblemStats, winners: Sequence[list[str]]) -> str | 
         return f"{label} diverged on every seed ({int(loss['runs'])}/{int(loss['runs'])})."
     metrics = problem_metrics(problem.quality)
     clauses = [
-        f"{metric.name}: best" if ours in best else ours_clause(
-            problem.compare(ours, best[0], metric), metric
-        )
+        f"{metric.name}: best" if ours in best else _behind(problem, metric, best[0])
         for metric, best in zip(metrics, winners, strict=True)
         if best
-    ]  # fmt: skip
+    ]
     if clauses and all(ours in best for best in winners):
         clauses = ["best on both"]
     diverged = int(loss["diverged_runs"])
