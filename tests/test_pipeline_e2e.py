@@ -95,7 +95,7 @@ def test_dvc_repro_tiny_grid_and_selective_rerun(tmp_path):
     # the aggregate and the report read exactly the grid's cells (problems × optimizers × seeds);
     # validate reads the whole file (its output stays the same, so it makes nothing else stale)
     assert changed == {
-        "tune@digits_mlp-sgd", "train@digits_mlp-sgd-0", "invariance@digits_mlp", "timing",
+        "tune@digits_mlp-sgd", "train@digits_mlp-sgd", "invariance@digits_mlp", "timing",
         "aggregate", "report", "validate",
     }  # fmt: skip
 
@@ -120,7 +120,7 @@ def test_invalid_params_never_remove_or_change_results(tmp_path):
          "aggregate.train_loss_target.digits_mlp", "aggregate"),
         (("timing", "scaling", "partitions"), ["nonsense"], "timing.scaling.partitions[0]",
          "timing"),
-        (("train", "epochs"), "ten", "train.epochs", "train@digits_mlp-sgd-0"),
+        (("train", "epochs"), "ten", "train.epochs", "train@digits_mlp-sgd"),
         (("colour",), "red", "colour", None),  # read by no stage but validate
         (("plugins",), ["no_such_module"], "plugins[0]", None),
     ]  # fmt: skip
