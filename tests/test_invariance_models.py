@@ -152,6 +152,13 @@ def _problem(case: str) -> Problem:
     return Problem(f"test_{case}", dataset, CASES[case][0], 1, metric=metric)
 
 
+# Rounding level of ours' deviation after six steps, measured over 30 run seeds per case. On the
+# BN-ResNet it is heavy-tailed: 1e-15 to 5e-12 but 2.6e-10 at seed 219 (its loss 9.1e-11),
+# rounding amplified by the steps; SGD's deviation was never below 0.95 there, 9 orders above.
+# LeNet-5 at most 3.2e-13, the transformer 8.6e-13 (SGD at least 1.1 and 0.36).
+ROUNDING = {case: 1e-11 for case in CASES} | {"bn_resnet": 1e-8}
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_partitioned_newton_follows_on_the_twin_and_sgd_drifts(case, seed):
     """Six steps, three curvature estimates (update every 2), the stage's criterion; two seeds
@@ -170,8 +177,8 @@ def test_partitioned_newton_follows_on_the_twin_and_sgd_drifts(case, seed):
         )  # fmt: skip
         deviations = result["max_relative_deviation"]
         assert result["moved"]["partitioned_newton"] > 1e-3, (result["moved"], run_seed)
-        assert deviations["partitioned_newton"] < 1e-11, (deviations, run_seed)
-        assert result["max_loss_deviation"]["partitioned_newton"] < 1e-11, run_seed
+        assert deviations["partitioned_newton"] < ROUNDING[case], (deviations, run_seed)
+        assert result["max_loss_deviation"]["partitioned_newton"] < ROUNDING[case], run_seed
         assert deviations["sgd"] > 1e-4, (result["moved"], run_seed)
         assert result["map_partition"] == (partition or "per_tensor")
 
