@@ -165,3 +165,23 @@ def test_workers_may_be_omitted(tmp_path):
     params = tiny_params(tmp_path)
     params["runtime"].pop("workers", None)
     assert parse_pipeline_config(params).runtime.workers == 1
+
+
+def test_a_train_size_too_large_stops_a_two_worker_cell_with_one_line(tmp_path, capsys):
+    """The error is raised in a worker process: it still reaches the command line as one line
+    naming the key and value, exit 2, and no run folder is written."""
+    from bench import train, tune
+    from bench.cli import run
+
+    path, results = _project(tmp_path)
+    assert tune.main(["--problem", "digits_mlp", "--optimizer", "sgd", "--params", str(path)]) == 0
+    params = yaml.safe_load(path.read_text())
+    params["runtime"]["workers"] = 2
+    params["problem_settings"] = {"digits_mlp": {"train_size": 100_000}}
+    write_params(path, params)
+    argv = ["--problem", "digits_mlp", "--optimizer", "sgd", "--params", str(path)]
+    assert run(train.main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "problem_settings.digits_mlp.train_size: 100000" in err[0]
+    assert "Traceback" not in err[0]
+    assert not (results / "tiny" / "runs").exists()
