@@ -218,29 +218,56 @@ def solved_etas(optimizer):
             if r["event"] == "solved"]  # fmt: skip
 
 
+def train_lockstep(model, twin, x, y, steps, **hyperparameters):
+    """``train`` for ``model`` and ``twin`` side by side; after every step the twin's parameters
+    are set to the model's, so that each solve of the twin is made at the model's point.
+
+    Without this the two trajectories drift apart by rounding (the conv bias before BatchNorm
+    changes the forward's rounding, not its value), and unregularised Newton (λ_int = 0) amplifies
+    that drift chaotically: 2 of 60 run seeds gave a relative difference of 2.7e-9 and 2.2e-5
+    after 12 steps, with every single solve at the same point agreeing to ≤ 3e-12."""
+    optimizers = [PartitionedNewton.from_model(m, **hyperparameters) for m in (model, twin)]
+    curvature = [functional_loss(m, F.cross_entropy, x[:24], y[:24]) for m in (model, twin)]
+    for step in range(steps):
+        start = (step * 8) % (len(x) - 8)
+        batch = x[start : start + 8], y[start : start + 8]
+        for m, optimizer, curvature_loss in zip((model, twin), optimizers, curvature, strict=True):
+            closure = closure_for(m, optimizer, *batch)
+            optimizer.step(closure, curvature_loss if optimizer.needs_curvature else None)
+        with torch.no_grad():
+            theirs = dict(model.named_parameters())
+            for name, parameter in twin.named_parameters():
+                parameter.copy_(theirs[name])
+    return optimizers
+
+
 @pytest.mark.parametrize("lambda_int", [0.0, 1.0])
 def test_rounding_level_subset_same_steps_as_the_model_without_it(seed, lambda_int):
-    """Conv biases before BatchNorm vs the same CNN without them (float64): η = 0 for the
-    biases, and every other η_s equal to 1e-10 (relative to the largest), status ok."""
+    """Conv biases before BatchNorm vs the same CNN without them (float64), solve by solve at the
+    same point: η = 0 for the biases, and every other η_s equal to 1e-10 (relative to the
+    largest), with the status the model without them gets. Measured over 61 run seeds: ≤ 2.9e-12
+    (λ_int = 0), ≤ 1.5e-13 (λ_int = 1)."""
     torch.manual_seed(seed)
     with_bias = bn_cnn(True)
     initial = {n: p.detach().clone() for n, p in with_bias.named_parameters()}
     without = copy_without_conv_bias(with_bias)
     x, y = images(seed, 64)
     hp = {"lambda_int": lambda_int, "update_every": 2, "warmup": 1, "average": 2, "lr": 0.05}
-    ours = train(with_bias, x, y, 12, **hp)
-    reference = train(without, x, y, 12, **hp)
+    ours, reference = train_lockstep(with_bias, without, x, y, 12, **hp)
     names = ours.subset_names
     kept = [i for i, n in enumerate(names) if n not in ("0.bias", "3.bias")]
     got, want = solved_etas(ours), solved_etas(reference)
     assert len(got) == len(want) == 5
-    for (eta, status, reduced), (eta_ref, status_ref, _) in zip(got, want, strict=True):
-        assert status == "flat_subset" and reduced == status_ref, (status, reduced, status_ref)
+    for (eta, status, reduced), (eta_ref, status_ref, reduced_ref) in zip(got, want, strict=True):
+        # when the twin has flat subsets of its own (a unit that died), compare the reduced solves
+        expected = status_ref if reduced_ref is None else reduced_ref
+        assert status == "flat_subset" and reduced == expected, (status, reduced, status_ref)
         assert eta[names.index("0.bias")] == 0.0 and eta[names.index("3.bias")] == 0.0
         scale = max(abs(v) for v in eta_ref)
         assert max(abs(eta[i] - e) for i, e in zip(kept, eta_ref, strict=True)) <= 1e-10 * scale
-    assert ours.flat_counts == {"0.bias": 5, "3.bias": 5}
-    assert ours.failed_solves == 0 and ours.usable_solves == 5
+    assert ours.flat_counts == {"0.bias": 5, "3.bias": 5, **reference.flat_counts}
+    assert ours.failed_solves == reference.failed_solves
+    assert ours.usable_solves == reference.usable_solves
     for name in ("0.bias", "3.bias"):  # never moved
         assert torch.equal(dict(with_bias.named_parameters())[name], initial[name])
 
