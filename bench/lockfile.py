@@ -20,10 +20,17 @@ it (DVC then reruns every stage), and says which. The stages the killed run had 
 the last good lock rerun; their outputs were written atomically, so nothing else is lost.
 With plain ``dvc repro``, do the same by hand: ``python -m bench.lockfile guard``, or
 ``git checkout dvc.lock``.
+
+``guard`` then drops the entries of stages that are no longer in the pipeline (``prune``): DVC
+keeps them forever, and it parses and rewrites the whole lock several times per stage it runs,
+so a lock grown by earlier grids slows every stage (measured: a 135-entry lock of 404 KB, of
+which 41 entries were the current pipeline's, made one ``dvc repro -s`` of a digits train cell
+take 18.4 s against 13.8 s once pruned, the command alone about 8 s).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
@@ -120,6 +127,81 @@ def guard(root: Path = Path("."), pipeline: str | Path = "dvc.yaml") -> str:
     return f"dvc.lock was broken ({why}) and no good copy exists: removed (every stage reruns)"
 
 
+def stage_names(pipeline: dict[str, Any]) -> set[str] | None:
+    """The names DVC gives the stages of a parsed dvc.yaml (``name``, ``name@a-b`` for a
+    ``matrix``, ``name@key`` for a ``foreach``), or None when they cannot be told without DVC
+    (a templated ``foreach``/``matrix``, values that are not plain scalars)."""
+    names: set[str] = set()
+    for name, stage in (pipeline.get("stages") or {}).items():
+        if not isinstance(stage, dict):
+            return None
+        if "matrix" in stage:
+            axes = stage["matrix"]
+            if not isinstance(axes, dict) or not all(
+                isinstance(values, list) and all(_plain(v) for v in values)
+                for values in axes.values()
+            ):
+                return None
+            for combination in itertools.product(*axes.values()):
+                names.add(f"{name}@{'-'.join(map(str, combination))}")
+        elif "foreach" in stage:
+            items = stage["foreach"]
+            if isinstance(items, list) and all(_plain(v) for v in items):
+                names.update(f"{name}@{v}" for v in items)
+            elif isinstance(items, dict):
+                names.update(f"{name}@{key}" for key in items)
+            else:
+                return None
+        else:
+            names.add(name)
+    return names
+
+
+def _plain(value: Any) -> bool:
+    return isinstance(value, (str, int)) and not isinstance(value, bool) and "${" not in str(value)
+
+
+STAGE_KEY = re.compile(r"^  (\S.*):\s*$")  # a stage entry's first line, under `stages:`
+
+
+def prune(root: Path = Path("."), pipeline: str | Path = "dvc.yaml") -> str:
+    """Drop the dvc.lock entries of stages that ``root/pipeline`` no longer has (see the
+    module docstring); what was done, in words. The other entries are kept byte for byte; a
+    lock that is not complete, or a pipeline whose stage names need DVC, is left alone."""
+    relative_lock, _ = lock_paths(pipeline)
+    lock, source = root / relative_lock, root / pipeline
+    if not lock.is_file() or not source.is_file():
+        return "nothing to prune"
+    text = lock.read_text(encoding="utf-8")
+    if problem(text) is not None:
+        return "dvc.lock is incomplete: not pruned"
+    names = stage_names(yaml.load(source.read_text(encoding="utf-8"), Loader=LOADER) or {})
+    if names is None:
+        return f"stage names of {pipeline} need DVC: not pruned"
+    kept: list[str] = []
+    dropped: list[str] = []
+    keep = True
+    for line in text.splitlines(keepends=True):
+        match = STAGE_KEY.match(line)
+        if match:
+            (name,) = yaml.load(f"{match.group(1)}: 0", Loader=LOADER)  # a quoted key unquoted
+            keep = name in names
+            if not keep:
+                dropped.append(name)
+        elif not line.startswith("  "):
+            keep = True  # `schema:`, `stages:` and anything else at the top level
+        if keep:
+            kept.append(line)
+    if not dropped:
+        return "no stale entries"
+    pruned = "".join(kept)
+    before, after = (yaml.load(t, Loader=LOADER)["stages"] for t in (text, pruned))
+    if problem(pruned) is not None or after != {k: v for k, v in before.items() if k in names}:
+        return "dvc.lock has a layout this pruner does not know: not pruned"
+    write_bytes_atomic(lock, pruned.encode("utf-8"))
+    return f"dropped {len(dropped)} entries of stages no longer in {pipeline}"
+
+
 def save(root: Path = Path("."), pipeline: str | Path = "dvc.yaml") -> str:
     """Keep a copy of a complete dvc.lock of ``root/pipeline`` as the last good one."""
     relative_lock, relative_good = lock_paths(pipeline)
@@ -143,9 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         why = problem(lock.read_text()) if lock.exists() else None
         print(f"lockfile: {why or 'complete'}")
         return 1 if why else 0
-    action = guard if args.action == "guard" else save
-    message = action(args.root, args.pipeline)
-    print(f"lockfile: {message}", file=sys.stderr)
+    if args.action == "save":
+        print(f"lockfile: {save(args.root, args.pipeline)}", file=sys.stderr)
+        return 0
+    print(f"lockfile: {guard(args.root, args.pipeline)}", file=sys.stderr)
+    print(f"lockfile: {prune(args.root, args.pipeline)}", file=sys.stderr)
     return 0
 
 

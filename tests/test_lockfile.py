@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bench import lockfile
 
@@ -65,3 +67,89 @@ def test_an_incomplete_hash_is_a_problem():
     cut = GOOD.index("md5: ") + len("md5: ") + 10
     assert "incomplete" in lockfile.problem(GOOD[:cut] + "\n")
     assert lockfile.problem(GOOD) is None
+
+
+# ------------------------------------------------------------------ stale entries
+PIPELINE = """stages:
+  prepare:
+    cmd: python -m bench.prepare
+  tune:
+    matrix:
+      problem: [p1, p2]
+      optimizer: [sgd, adam]
+    cmd: python -m bench.tune --problem ${item.problem} --optimizer ${item.optimizer}
+  invariance:
+    foreach: [p1, p2]
+    do:
+      cmd: python -m bench.invariance --problem ${item}
+"""
+
+
+def _entry(name: str, n: int) -> str:
+    md5 = f"abcdef{n:026x}"
+    return (f"  {name}:\n    cmd: python -m x {n}\n    deps:\n    - path: a/{n}.py\n"
+            f"      hash: md5\n      md5: {md5}\n      size: {n}\n")  # fmt: skip
+
+
+def _lock(names: list[str]) -> str:
+    return "schema: '2.0'\nstages:\n" + "".join(_entry(n, i) for i, n in enumerate(names, 1))
+
+
+def test_stage_names_of_matrix_and_foreach_stages():
+    names = lockfile.stage_names(yaml.safe_load(PIPELINE))
+    assert names == {"prepare", "tune@p1-sgd", "tune@p1-adam", "tune@p2-sgd", "tune@p2-adam",
+                     "invariance@p1", "invariance@p2"}  # fmt: skip
+    templated = PIPELINE.replace("[p1, p2]\n      optimizer", "${problems}\n      optimizer")
+    assert lockfile.stage_names(yaml.safe_load(templated)) is None
+
+
+def test_prune_drops_the_entries_of_removed_stages_and_keeps_the_rest_byte_for_byte(tmp_path):
+    current = ["prepare", "tune@p1-sgd", "tune@p2-adam", "invariance@p2"]
+    stale = ["tune@p3-sgd", "train@p1-sgd-0", "'odd: name'", "invariance@p9"]
+    order = [stale[0], current[0], stale[1], current[1], current[2], stale[2], current[3], stale[3]]
+    text = _lock(order)
+    assert lockfile.problem(text) is None
+    (tmp_path / "dvc.yaml").write_text(PIPELINE)
+    (tmp_path / "dvc.lock").write_text(text)
+    assert lockfile.prune(tmp_path) == "dropped 4 entries of stages no longer in dvc.yaml"
+    pruned = (tmp_path / "dvc.lock").read_text()
+    expected = "schema: '2.0'\nstages:\n" + "".join(
+        _entry(n, i) for i, n in enumerate(order, 1) if n in current
+    )
+    assert pruned == expected
+    assert lockfile.prune(tmp_path) == "no stale entries"
+    assert (tmp_path / "dvc.lock").read_text() == expected
+
+
+def test_prune_leaves_a_lock_alone_when_it_cannot_be_sure(tmp_path):
+    text = _lock(["prepare", "tune@p3-sgd"])
+    (tmp_path / "dvc.lock").write_text(text)
+    assert lockfile.prune(tmp_path) == "nothing to prune"  # no dvc.yaml
+    templated = PIPELINE.replace("[p1, p2]\n      optimizer", "${problems}\n      optimizer")
+    (tmp_path / "dvc.yaml").write_text(templated)
+    assert "need DVC: not pruned" in lockfile.prune(tmp_path)
+    (tmp_path / "dvc.yaml").write_text(PIPELINE)
+    (tmp_path / "dvc.lock").write_text(text[:-10])  # cut: guard's business, not prune's
+    assert lockfile.prune(tmp_path) == "dvc.lock is incomplete: not pruned"
+    assert (tmp_path / "dvc.lock").read_text() == text[:-10]
+
+
+def test_the_committed_locks_have_no_stale_entries():
+    """make repro prunes before dvc repro; the committed locks are what it left."""
+    for pipeline in ("dvc.yaml", "profiles/ci/dvc.yaml"):
+        lock = yaml.safe_load((ROOT / lockfile.lock_paths(pipeline)[0]).read_text())["stages"]
+        names = lockfile.stage_names(yaml.safe_load((ROOT / pipeline).read_text()))
+        assert names is not None and set(lock) <= names, sorted(set(lock) - names)
+
+
+def test_make_repro_prunes_through_guard(tmp_path):
+    (tmp_path / "dvc.yaml").write_text(PIPELINE)
+    (tmp_path / "dvc.lock").write_text(_lock(["prepare", "tune@p3-sgd"]))
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.lockfile", "guard", "--root", str(tmp_path)],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    assert "dropped 1 entries" in completed.stderr
+    assert set(yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]) == {"prepare"}
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-m bench.lockfile guard --pipeline $(PIPELINE)" in makefile
