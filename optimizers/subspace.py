@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import brentq
 
 __all__ = [
     "DROP_TOLERANCE",
@@ -523,6 +522,8 @@ def _cubic_identity(b: np.ndarray, M: np.ndarray, sigma: float):
     if h(upper) == 0.0:
         root = upper
     else:
+        from scipy.optimize import brentq  # here: scipy.optimize takes 0.6 s to import
+
         root = brentq(h, lower, upper, xtol=np.finfo(np.float64).tiny, rtol=4 * _EPS, maxiter=500)
     return vectors[:, active] @ (beta / (shifted + root)), kind
 

@@ -50,6 +50,46 @@ def test_stage_writes_steps_scaling_and_environment(tmp_path, monkeypatch):
     assert environment["torch"] and environment["threads"] == 1 and "git_commit" in environment
 
 
+def test_memory_probes_run_after_the_timings_in_parallel_and_in_order(tmp_path, monkeypatch):
+    """``runtime.workers`` probes at a time, once every step is timed, each peak on its own row."""
+    import threading
+    import time
+
+    from test_stages import tiny_params
+
+    from bench.studies import timing
+
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(tmp_path)
+    params["runtime"]["workers"] = 2
+    params["timing"]["memory"] = True
+    config = parse_pipeline_config(params)
+    assert config.timing.memory and config.runtime.workers == 2
+    prepare(config, results=tmp_path / "results")
+    timed, running, overlap, lock = [], [0], [0], threading.Lock()
+    real_time_steps = timing.time_steps
+
+    def time_steps(*args, **kwargs):
+        timed.append(running[0])  # no probe is running while steps are timed
+        return real_time_steps(*args, **kwargs)
+
+    def probe(config, params, results, problem, optimizer):
+        with lock:
+            running[0] += 1
+            overlap[0] = max(overlap[0], running[0])
+        time.sleep(0.3)
+        with lock:
+            running[0] -= 1
+        return float(len(optimizer))  # a value that names its row
+
+    monkeypatch.setattr(timing, "time_steps", time_steps)
+    monkeypatch.setattr(timing, "peak_memory_mb", probe)
+    steps = pd.read_csv(timing.timing_stage(config, tmp_path / "results") / "steps.csv")
+    assert timed and set(timed) == {0}
+    assert overlap[0] == 2
+    assert list(steps["peak_memory_mb"]) == [float(len(o)) for o in steps["optimizer"]]
+
+
 # ----------------------------------------------------------------------------- the timer
 def test_interleaved_runs_every_callable_once_per_round():
     calls = []

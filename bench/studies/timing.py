@@ -145,6 +145,20 @@ def peak_memory_mb(config: Config, params: str, results: str, problem: str, opti
     )
 
 
+def _probe_all(config: Config, params: str, results, probes: list[tuple[str, str]]):
+    """:func:`peak_memory_mb` of each (problem, optimizer), in order, ``runtime.workers`` fresh
+    processes at a time: each probe reads the high-water mark of its own process, which does not
+    depend on what runs beside it, and each costs a process start-up (~10 s: torch, the config,
+    the data), which is most of its time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def probe(pair: tuple[str, str]) -> float:
+        return peak_memory_mb(config, params, results, *pair)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(config.runtime.workers, len(probes)))) as pool:
+        return list(pool.map(probe, probes))
+
+
 # ----------------------------------------------------------------------------- scaling
 def _derivative_work(width, depth, batch, partition_name, full_max_subsets):
     from optimizers import functional_loss, partition
@@ -239,13 +253,14 @@ def timing_stage(config: Config, results: Path = Path("results"), params: str = 
             rounds=settings.rounds, batch_size=_batch(config, problem),
         )  # fmt: skip
         for row in rows:
-            row["peak_memory_mb"] = (
-                peak_memory_mb(config, params, results, problem.name, row["optimizer"])
-                if settings.memory
-                else None
-            )
+            row["peak_memory_mb"] = None
         step_rows += rows
     scaling_rows, record = time_scaling(settings.scaling), environment(config)
+    if settings.memory:  # after every timing, so that no probe runs beside a timed step
+        probes = [(row["problem"], row["optimizer"]) for row in step_rows]
+        peaks = _probe_all(config, params, results, probes)
+        for row, peak in zip(step_rows, peaks, strict=True):
+            row["peak_memory_mb"] = peak
 
     def write(folder: Path) -> None:  # the three files replace the old ones together
         write_rows_csv_atomic(folder / "steps.csv", step_rows, STEP_COLUMNS)
