@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from bench.config import parse_pipeline_config
+from bench.errors import UsageError
 from bench.prepare import prepare
 from bench.studies import memory
 from bench.studies.timer import Work, interleaved, round_ratios
@@ -50,11 +51,9 @@ def test_stage_writes_steps_scaling_and_environment(tmp_path, monkeypatch):
     assert environment["torch"] and environment["threads"] == 1 and "git_commit" in environment
 
 
-def test_memory_probes_run_after_the_timings_in_parallel_and_in_order(tmp_path, monkeypatch):
-    """``runtime.workers`` probes at a time, once every step is timed, each peak on its own row."""
-    import threading
-    import time
-
+def test_memory_probes_run_after_the_timings_with_the_runtime_workers(tmp_path, monkeypatch):
+    """One batch of probes once every step is timed, ``runtime.workers`` at a time, each peak
+    on its own row."""
     from test_stages import tiny_params
 
     from bench.studies import timing
@@ -64,30 +63,55 @@ def test_memory_probes_run_after_the_timings_in_parallel_and_in_order(tmp_path, 
     params["runtime"]["workers"] = 2
     params["timing"]["memory"] = True
     config = parse_pipeline_config(params)
-    assert config.timing.memory and config.runtime.workers == 2
     prepare(config, results=tmp_path / "results")
-    timed, running, overlap, lock = [], [0], [0], threading.Lock()
+    events = []
     real_time_steps = timing.time_steps
 
     def time_steps(*args, **kwargs):
-        timed.append(running[0])  # no probe is running while steps are timed
+        events.append("timed")
         return real_time_steps(*args, **kwargs)
 
-    def probe(config, params, results, problem, optimizer):
-        with lock:
-            running[0] += 1
-            overlap[0] = max(overlap[0], running[0])
-        time.sleep(0.3)
-        with lock:
-            running[0] -= 1
-        return float(len(optimizer))  # a value that names its row
+    def each(calls, *, threads, workers):
+        events.append(("probed", workers, threads))
+        assert {call for call, _ in calls} == {"bench.studies.timing:step_workload"}
+        return [float(len(kwargs["optimizer"])) for _, kwargs in calls]  # names its row
 
     monkeypatch.setattr(timing, "time_steps", time_steps)
-    monkeypatch.setattr(timing, "peak_memory_mb", probe)
+    monkeypatch.setattr(timing.memory, "peak_memory_mb_each", each)
     steps = pd.read_csv(timing.timing_stage(config, tmp_path / "results") / "steps.csv")
-    assert timed and set(timed) == {0}
-    assert overlap[0] == 2
+    assert events[-1] == ("probed", 2, 1) and events.count(events[-1]) == 1
+    assert set(events[:-1]) == {"timed"}
     assert list(steps["peak_memory_mb"]) == [float(len(o)) for o in steps["optimizer"]]
+
+
+def test_probes_from_the_fork_server_see_their_own_allocation_in_order(monkeypatch):
+    """Each probe a fresh child: 32 and 96 MB seen as such, in order, two at a time, and as a
+    fresh ``python -m`` process sees them (same workload, within 8 MB)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    call = "test_timing:growing_workload"
+    sizes = [96, 32, 96, 32]
+    peaks = memory.peak_memory_mb_each(
+        [(call, {"megabytes": m}) for m in sizes], threads=1, workers=2
+    )
+    for size, peak in zip(sizes, peaks, strict=True):
+        assert 0.75 * size < peak < size + 40, (sizes, peaks)
+    fresh = memory.peak_memory_mb(call, threads=1, megabytes=96)
+    assert abs(fresh - peaks[0]) < 8.0, (fresh, peaks)
+    assert memory.peak_memory_mb_each([], threads=1, workers=2) == []
+
+
+def test_a_failing_probe_names_its_call(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    with pytest.raises(RuntimeError, match="memory probe of test_timing:growing_workload"):
+        memory.peak_memory_mb_each(
+            [("test_timing:growing_workload", {"megabytes": -1})], threads=1, workers=1
+        )
+    with pytest.raises(UsageError, match="--call takes module:function"):
+        memory.peak_memory_mb_each([("nocolon", {})], threads=1)
+    with pytest.raises(ValueError, match="workers must be a positive int"):
+        memory.peak_memory_mb_each([("test_timing:growing_workload", {})], threads=1, workers=0)
 
 
 # ----------------------------------------------------------------------------- the timer

@@ -146,17 +146,17 @@ def peak_memory_mb(config: Config, params: str, results: str, problem: str, opti
 
 
 def _probe_all(config: Config, params: str, results, probes: list[tuple[str, str]]):
-    """:func:`peak_memory_mb` of each (problem, optimizer), in order, ``runtime.workers`` fresh
-    processes at a time: each probe reads the high-water mark of its own process, which does not
-    depend on what runs beside it, and each costs a process start-up (~10 s: torch, the config,
-    the data), which is most of its time."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def probe(pair: tuple[str, str]) -> float:
-        return peak_memory_mb(config, params, results, *pair)
-
-    with ThreadPoolExecutor(max_workers=max(1, min(config.runtime.workers, len(probes)))) as pool:
-        return list(pool.map(probe, probes))
+    """The peak memory (MB) of ``period`` steps of each (problem, optimizer), in order, as
+    :func:`peak_memory_mb` measures it, ``runtime.workers`` probes at a time
+    (:func:`memory.peak_memory_mb_each`: each probe a fresh process of its own)."""
+    calls = [
+        ("bench.studies.timing:step_workload",
+         {"params": str(params), "results": str(results), "problem": p, "optimizer": o})
+        for p, o in probes
+    ]  # fmt: skip
+    return memory.peak_memory_mb_each(
+        calls, threads=config.train.threads, workers=config.runtime.workers
+    )
 
 
 # ----------------------------------------------------------------------------- scaling
