@@ -111,7 +111,7 @@ def test_spec_is_well_formed(name):
 
 
 def test_kfac_tunes_damping_too():
-    assert get_spec("kfac").grid["damping"] == (0.01, 0.03, 0.1, 0.3)
+    assert get_spec("kfac").grid["damping"] == (0.003, 0.01, 0.03, 0.1, 0.3)
     assert get_spec("kfac").defaults["damping"] == 0.1
 
 
@@ -131,9 +131,9 @@ def test_the_tuning_grids_stay_what_the_results_were_tuned_with():
     newton = (0.03, 0.1, 0.3, 1.0, 3.0)
     order2 = (0.003, 0.01, 0.03, 0.1, 0.3)  # the undamped step diverges at 0.1 on digits
     assert {name: dict(get_spec(name).grid) for name in BUILTINS} == {
-        "sgd": {"lr": (0.003, 0.01, 0.03, 0.1, 0.3)},
-        "adam": {"lr": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)},
-        "kfac": {"lr": (1e-3, 3e-3, 0.01, 0.03), "damping": (0.01, 0.03, 0.1, 0.3)},
+        "sgd": {"lr": (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)},
+        "adam": {"lr": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)},
+        "kfac": {"lr": (1e-3, 3e-3, 0.01, 0.03, 0.1), "damping": (3e-3, 0.01, 0.03, 0.1, 0.3)},
         "adahessian": {"lr": (0.01, 0.03, 0.1, 0.3)},
         "shampoo": {"lr": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)},
         **{name: {"lr": newton} for name in sorted(NEWTON - set(ORDER2_ENTRIES))},
