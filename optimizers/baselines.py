@@ -367,10 +367,28 @@ class KfacOptimizer(TrainingOptimizer):
         outputs = maker.setup_model_call(self.model, inputs)
         maker.setup_loss_call(self.criterion, outputs, targets)
         with self._stream.active(), _quiet_asdl():
-            _, loss = maker.forward_and_backward()
+            try:
+                _, loss = maker.forward_and_backward()
+            except ValueError:
+                # At a curvature update ASDL samples targets from the model's output
+                # distribution (fisher_mc), which torch.distributions validates: outputs made
+                # non-finite by a diverged run fail there, before any loss is returned. Report
+                # that run's loss, as every other optimizer does, and take no step.
+                diverged = self._nonfinite_loss(inputs, targets)
+                if diverged is None:
+                    raise
+                maker.config.ema_decay = self.statistics_decay
+                self.optimizer.zero_grad()
+                return diverged
         maker.config.ema_decay = self.statistics_decay
         self.optimizer.step()
         return _detached_scalar(loss, self.name)
+
+    def _nonfinite_loss(self, inputs: Tensor, targets: Tensor) -> Tensor | None:
+        """The batch loss when it is not finite (NaN or ±inf), else None."""
+        with torch.no_grad():
+            loss = _detached_scalar(self.criterion(self.model(inputs), targets), self.name)
+        return None if bool(torch.isfinite(loss)) else loss
 
     def _layers(self) -> list[tuple[str, nn.Module]]:
         return [(n.replace("/", "."), m) for n, m in self.grad_maker.named_modules_for_curvature]
