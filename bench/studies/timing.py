@@ -120,7 +120,8 @@ def _batch(config: Config, problem) -> int:
 
 def step_workload(params: str, results: str, problem: str, optimizer: str) -> Callable[[], Any]:
     """``period`` steps of one optimizer on one problem, as the stage times them: the workload
-    :func:`peak_memory_mb` measures in a fresh process (the config is read again there)."""
+    :func:`memory.peak_memory_mb_each` measures in a process of its own (the config is read
+    again there)."""
     from bench.problems import get_problem
 
     config = load_pipeline_config(params)
@@ -133,21 +134,9 @@ def step_workload(params: str, results: str, problem: str, optimizer: str) -> Ca
     return work[optimizer]
 
 
-def peak_memory_mb(config: Config, params: str, results: str, problem: str, optimizer: str):
-    """High-water-mark growth (MB) of a fresh process running ``period`` steps of one optimizer."""
-    return memory.peak_memory_mb(
-        "bench.studies.timing:step_workload",
-        threads=config.train.threads,
-        params=str(params),
-        results=str(results),
-        problem=problem,
-        optimizer=optimizer,
-    )
-
-
 def _probe_all(config: Config, params: str, results, probes: list[tuple[str, str]]):
-    """The peak memory (MB) of ``period`` steps of each (problem, optimizer), in order, as
-    :func:`peak_memory_mb` measures it, ``runtime.workers`` probes at a time
+    """The peak memory (MB) of ``period`` steps of each (problem, optimizer) (the workload
+    :func:`step_workload` builds), in order, ``runtime.workers`` probes at a time
     (:func:`memory.peak_memory_mb_each`: each probe a fresh process of its own)."""
     calls = [
         ("bench.studies.timing:step_workload",
